@@ -120,6 +120,7 @@ def build_graph(schedule: Schedule) -> nx.DiGraph:
         for i, op in enumerate(ops):
             for atom in op.atoms():
                 g.add_node(key(schedule, r, atom), rank=r, index=i, op=op)
+    # An edge that is both data and order keeps the label "data" (the reason people care about).
     for r, ops in enumerate(schedule.ranks):
         previous: tuple[Key, ...] = ()
         for op in ops:
@@ -127,11 +128,14 @@ def build_graph(schedule: Schedule) -> nx.DiGraph:
             for k in keys:
                 for dep in inputs(schedule, k):
                     g.add_edge(dep, k, why="data")
+            for k in keys:
+                for dep in inputs(schedule, k):
                     for other in keys:
-                        if other != k:
+                        if other != k and not g.has_edge(dep, other):
                             g.add_edge(dep, other, why="together")
                 for p in previous:
-                    g.add_edge(p, k, why="order")
+                    if not g.has_edge(p, k):
+                        g.add_edge(p, k, why="order")
             previous = keys
     return g
 
@@ -166,7 +170,8 @@ def validate(schedule: Schedule) -> None:
         cycle = nx.find_cycle(g)
     except nx.NetworkXNoCycle:
         return None
-    steps = [f"{label(u, schedule)} -> {label(v, schedule)} ({g.edges[u, v]['why']})" for u, v in cycle]
+    why = {"data": "data", "order": "rank order", "together": "F and B of one FB start together"}
+    steps = [f"{label(u, schedule)} -> {label(v, schedule)} ({why[g.edges[u, v]['why']]})" for u, v in cycle]
     marked = {(g.nodes[u]["rank"], g.nodes[u]["index"]) for u, _ in cycle}
     raise ScheduleError(
         f"{where} deadlocks: these ops wait on each other in a cycle\n  " + "\n  ".join(steps)
