@@ -1,0 +1,69 @@
+"""Pictures for people: ``memory.png``, the stacked memory timeline of the peak rank above the
+total of every rank, in GiB over ms, with the device capacity and the peak marked."""
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from pipesim.memory import CATEGORIES  # noqa: E402
+
+GIB = 2 ** 30
+_COLORS = {
+    "weights": "#4c72b0", "grads": "#55a868", "optimizer": "#8172b2", "comm_buffers": "#937860",
+    "activations": "#dd8452", "recompute": "#c44e52", "workspace": "#da8bc3", "a2a": "#8c8c8c",
+    "gather": "#ccb974", "logits": "#64b5cd", "p2p": "#2f4b7c", "fragmentation": "#d9d9d9",
+}
+
+
+def _steps(times, levels):
+    """Step-function points: each level holds from its record's time to the next record's."""
+    t = np.repeat(times, 2)[1:]
+    t = np.append(t, times[-1])
+    v = np.repeat(levels, 2, axis=0)
+    return t, v
+
+
+def memory_png(result, path) -> None:
+    """Write the two-panel memory figure of ``result`` to ``path``."""
+    sc = result.scenario
+    pr = result.peak_rank
+    peak = result.peaks[pr]
+    names = list(CATEGORIES) + ["fragmentation"]
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(12, 8.5), sharex=True,
+                                   gridspec_kw={"height_ratios": [3, 2]})
+    times, levels = result.timeline(pr)
+    t, v = _steps(times * 1e3, levels / GIB)
+    keep = [i for i, n in enumerate(names) if levels[:, i].max() > 0]
+    ax1.stackplot(t, *(v[:, i] for i in keep), labels=[names[i] for i in keep],
+                  colors=[_COLORS[names[i]] for i in keep], linewidth=0)
+    cap = result.capacity_bytes / GIB
+    for ax in (ax1, ax2):
+        ax.axhline(cap, color="black", linestyle="--", linewidth=1)
+        ax.text(0.002, cap, f" device {cap:.0f} GiB", transform=ax.get_yaxis_transform(),
+                va="bottom", fontsize=8)
+    ax1.plot([peak.time * 1e3], [peak.bytes / GIB], marker="v", color="red", markersize=9)
+    ax1.annotate(f"peak {peak.bytes / GIB:.2f} GiB\n{peak.op}", (peak.time * 1e3, peak.bytes / GIB),
+                 textcoords="offset points", xytext=(8, 6), fontsize=8, color="red")
+    ax1.set_ylabel("GiB")
+    ax1.set_ylim(0, max(cap, peak.bytes / GIB) * 1.15)
+    ax1.set_title(f"{sc.name}: rank {pr} (peak rank, stages {list(peak.stages)}) by category — "
+                  f"{sc.schedule.name}, pp={result.ranks}, {sc.microbatches} micro-batches")
+    ax1.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8, frameon=False)
+    cmap = plt.get_cmap("viridis")
+    for r in range(result.ranks):
+        tt, tot = result.total(r)
+        x, y = _steps(tt * 1e3, tot / GIB)
+        ax2.plot(x, y, color=cmap(r / max(1, result.ranks - 1)), linewidth=1.2 if r == pr else 0.7,
+                 label=f"rank {r}" if result.ranks <= 16 else None)
+    ax2.set_ylabel("GiB (total incl. fragmentation)")
+    ax2.set_xlabel("time in the step (ms)")
+    ax2.set_title("every rank's total")
+    ax2.set_ylim(0, max(cap, peak.bytes / GIB) * 1.15)
+    if result.ranks <= 16:
+        ax2.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=7, frameon=False, ncol=1)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,45 @@
+"""The per-rank peak table that ``pipesim run`` prints, and its one-line verdict."""
+from __future__ import annotations
+
+GIB = 2 ** 30
+_COLUMNS = ("weights", "grads", "optimizer", "activations")
+
+
+def peak_table(result) -> str:
+    """Aligned text: one row per rank, the peak rank marked with ``*``, then the verdict."""
+    sc = result.scenario
+    head = ["rank", "stages", "peak GiB", "at ms", "weights", "grads", "optim", "activ",
+            "other", "headroom", "fits", "bubble", "op in flight at peak"]
+    rows = []
+    for p in result.peaks:
+        other = p.bytes - sum(p.breakdown[c] for c in _COLUMNS)
+        mark = "*" if p.rank == result.peak_rank else " "
+        rows.append([f"{mark}{p.rank}", ",".join(map(str, p.stages)), f"{p.bytes / GIB:.2f}",
+                     f"{p.time * 1e3:.1f}"] + [f"{p.breakdown[c] / GIB:.2f}" for c in _COLUMNS] +
+                    [f"{other / GIB:.2f}", f"{(result.capacity_bytes - p.bytes) / GIB:+.2f}",
+                     "yes" if p.bytes <= result.capacity_bytes else "NO",
+                     f"{result.bubble_fraction(p.rank):.1%}", p.op])
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
+    fmt = lambda cells: "  ".join(c.rjust(w) if i < len(cells) - 1 else c  # noqa: E731
+                                  for i, (c, w) in enumerate(zip(cells, widths)))
+    lines = [f"{sc.name}: {sc.schedule.name}, pp={result.ranks}, {sc.microbatches} micro-batches, "
+             f"{result.workload.schedule.num_stages} stages, step {result.makespan * 1e3:.1f} ms "
+             f"(simulated), device {result.capacity_bytes / GIB:.0f} GiB",
+             fmt(head), fmt(["-" * w for w in widths])]
+    lines += [fmt(r) for r in rows]
+    lines.append("(GiB = 2**30 bytes; 'other' = recompute, workspace, a2a, gather, logits, p2p, "
+                 "comm buffers, fragmentation; * = peak rank)")
+    lines.append(verdict(result))
+    return "\n".join(lines)
+
+
+def verdict(result) -> str:
+    worst = result.peaks[result.peak_rank]
+    cap = result.capacity_bytes
+    if worst.bytes <= cap:
+        return (f"FITS: peak {worst.bytes / GIB:.2f} GiB on rank {worst.rank} "
+                f"({(cap - worst.bytes) / GIB:.2f} GiB headroom on a {cap / GIB:.0f} GiB device)")
+    over = [p.rank for p in result.peaks if p.bytes > cap]
+    return (f"DOES NOT FIT: rank {worst.rank} peaks at {worst.bytes / GIB:.2f} GiB, "
+            f"{(worst.bytes - cap) / GIB:.2f} GiB over the {cap / GIB:.0f} GiB device "
+            f"({len(over)} of {result.ranks} ranks over)")

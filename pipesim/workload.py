@@ -1,0 +1,141 @@
+"""The workload of one step: what every stage costs (bytes, FLOPs) and how long every op takes.
+
+Joins the three inputs of the simulation — the model's per-layer costs, the schedule, and the
+placement of layers on stages — into the plain numbers the simulator and the ledger consume.
+
+Durations (seconds), per stage s, from the model's per-device FLOPs:
+    F[s] = Σ_j flops_f[j] / R,   W[s] = Σ_j flops_w[j] / R,
+    B[s] = Σ_j (flops_b[j] + flops_w[j] + recompute_j) / R,   R = peak_tflops·1e12·efficiency
+where recompute_j is the forward work layer j repeats in its backward: flops_f[j] under full
+recomputation; under selective recomputation, flops_f[j] scaled by the share of layer j's
+activation bytes that are recomputed rather than kept (an estimate: the DeepSeek-V3 choice
+recomputes cheap ops, and this keeps their cost proportional to what they rebuild). A deferred
+(input-gradient) backward takes B[s] - W[s]. ``[timing]`` overrides any of these.
+A boundary tensor's hop across ranks takes ``latency + boundary_bytes / bandwidth``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipesim.memory import build_templates, round_up
+from pipesim.model import StageCosts, stage_costs
+from pipesim.placement import StagePlan, stage_plans
+from pipesim.simulator import Timing
+
+GIB = 2 ** 30
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Everything the simulation needs, derived once from a scenario."""
+
+    schedule: object                     # schedules.Schedule
+    plans: tuple[StagePlan, ...]         # per stage
+    costs: tuple[StageCosts, ...]        # per stage, per device
+    timing: Timing
+    templates: dict                      # (stage, kind) -> memory.Template
+    static: tuple[dict, ...]             # per rank: category -> bytes
+    boundary_bytes: tuple[int, ...]      # per stage, rounded
+    recompute_flops: tuple[tuple[float, ...], ...]
+
+
+def _recompute_flops(sc, costs: StageCosts) -> tuple[float, ...]:
+    policy = sc.training.recompute
+    out = []
+    for L in costs.layers:
+        if policy == "none" or not L.recompute_bytes:
+            out.append(0.0)
+        elif policy == "full":
+            out.append(float(L.flops_f))
+        else:
+            share = L.recompute_bytes / (L.recompute_bytes + L.stored_bytes)
+            out.append(float(L.flops_f) * share)
+    return tuple(out)
+
+
+def _override(value, s: int):
+    if value is None:
+        return None
+    return (value[s] if isinstance(value, tuple) else value) / 1e3
+
+
+def build_workload(sc, schedule=None) -> Workload:
+    """Derive the workload of scenario ``sc`` (its schedule is built unless given)."""
+    schedule = schedule or sc.build_schedule()
+    plans = stage_plans(sc.model, sc.placement, sc.layers_per_stage)
+    costs = tuple(stage_costs(sc.model, sc.parallel, sc.training, p.layers,
+                              embedding=p.embedding, head=p.head, mtp=p.mtp) for p in plans)
+    rate = sc.hardware.peak_tflops * 1e12 * sc.hardware.efficiency
+    gran = sc.overheads.allocator_rounding
+    hw, tm = sc.hardware, sc.timing
+    f, b, w, hop, rflops = [], [], [], [], []
+    for s, c in enumerate(costs):
+        rc = _recompute_flops(sc, c)
+        rflops.append(rc)
+        fs = sum(L.flops_f for L in c.layers) / rate
+        ws = sum(L.flops_w for L in c.layers) / rate
+        bs = sum(L.flops_b + L.flops_w for L in c.layers) / rate + sum(rc) / rate
+        fs = _override(tm.forward_ms, s) if tm.forward_ms is not None else fs
+        bs = _override(tm.backward_ms, s) if tm.backward_ms is not None else bs
+        ws = _override(tm.weight_ms, s) if tm.weight_ms is not None else ws
+        f.append(fs)
+        b.append(bs)
+        w.append(min(ws, bs))
+        hop.append(hw.p2p_latency_us * 1e-6 + c.boundary_bytes / (hw.p2p_bandwidth_gbps * 1e9))
+    fb = None
+    if tm.fb_ms is not None:
+        fb = {}
+        for sf in range(len(costs)):
+            for sb in range(len(costs)):
+                fb[(sf, sb)] = _override(tm.fb_ms, sf)
+    timing = Timing(tuple(f), tuple(b), tuple(w), tuple(hop), fb)
+    templates = {}
+    for s, c in enumerate(costs):
+        for kind, tpl in build_templates(c, rflops[s], gran).items():
+            templates[(s, kind)] = tpl
+    comm = round_up(int(sc.overheads.comm_buffer_gib * GIB), gran)
+    static = []
+    for r in range(schedule.pp):
+        by_cat = {"weights": 0, "grads": 0, "optimizer": 0, "comm_buffers": comm}
+        for chunk in range(len(schedule.placement[r])):
+            c = costs[schedule.stage(r, chunk)]
+            by_cat["weights"] += round_up(c.weights_bytes, gran)
+            by_cat["grads"] += round_up(c.grads_bytes, gran)
+            by_cat["optimizer"] += round_up(c.optimizer_bytes, gran)
+        static.append(by_cat)
+    return Workload(schedule, plans, costs, timing, templates, tuple(static),
+                    tuple(round_up(c.boundary_bytes, gran) for c in costs), tuple(rflops))
+
+
+def p2p_records(spans, boundary_bytes) -> tuple[np.ndarray, ...]:
+    """Ledger records of boundary tensors in transit (see ``pipesim.memory``).
+
+    Sender: +bytes at its atom's end, -bytes at arrival. Receiver: +bytes at arrival, -bytes
+    when the consuming atom starts. Returns ``(time, rank, delta, atom, order)``.
+    """
+    send = np.nonzero(spans.consumer_rank >= 0)[0]
+    if len(send) == 0:
+        e = np.zeros(0)
+        return e, e.astype(np.int32), e.astype(np.int64), e.astype(np.int64), e.astype(np.int64)
+    nbytes = np.asarray(boundary_bytes, dtype=np.int64)[spans.stage[send]]
+    # Find each consumer atom: F(s) -> F(s+1); B/BI(s) -> B/BI(s-1), same direction and mb.
+    is_f = spans.kind == 0
+    fam = np.where(is_f, 0, np.where(spans.kind == 3, 2, 1)).astype(np.int64)
+    S = int(spans.stage.max()) + 2
+    M = int(spans.mb.max()) + 1
+    code = ((fam * S + spans.stage) * 2 + spans.direction) * M + spans.mb
+    order = np.argsort(code, kind="stable")
+    sorted_code = code[order]
+    nxt = np.where(is_f[send], spans.stage[send] + 1, spans.stage[send] - 1)
+    want = ((fam[send] * S + nxt) * 2 + spans.direction[send]) * M + spans.mb[send]
+    recv = order[np.searchsorted(sorted_code, want)]
+    assert np.all(code[recv] == want)
+    arrival = spans.arrival[send]
+    time = np.concatenate([spans.end[send], arrival, arrival, spans.start[recv]])
+    rank = np.concatenate([spans.rank[send], spans.rank[send], spans.rank[recv], spans.rank[recv]])
+    delta = np.concatenate([nbytes, -nbytes, nbytes, -nbytes])
+    atom = np.concatenate([send, send, recv, recv])
+    ordr = np.concatenate([np.ones(len(send)), np.ones(len(send)), -np.ones(len(send)), -np.ones(len(send))])
+    return time, rank.astype(np.int32), delta, atom.astype(np.int64), ordr.astype(np.int64)
