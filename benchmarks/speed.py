@@ -38,21 +38,30 @@ def scenario(pp, microbatches, schedule, layers=None):
 
 
 def baseline(pp, microbatches, op_time=1.0):
-    """Bare SimPy 1F1B: per rank one process, one timeout per op, an integer for memory."""
-    sch = schedules.build("1f1b", pp, microbatches)
+    """Bare SimPy 1F1B: per rank one process that generates its own 1F1B order (warm-up
+    forwards, steady F/B pairs, cool-down backwards), one timeout per op, an integer for memory."""
     env = simpy.Environment()
     mem = [0] * pp
 
-    def rank(r, ops):
-        for op in ops:
+    def rank(r):
+        warm = min(pp - r - 1, microbatches)
+        for _ in range(warm):
             yield env.timeout(op_time)
-            mem[r] += 1 if op.kind == "F" else -1
+            mem[r] += 1
+        for _ in range(microbatches - warm):
+            yield env.timeout(op_time)
+            mem[r] += 1
+            yield env.timeout(op_time)
+            mem[r] -= 1
+        for _ in range(warm):
+            yield env.timeout(op_time)
+            mem[r] -= 1
 
     t0 = time.perf_counter()
-    for r, ops in enumerate(sch.ranks):
-        env.process(rank(r, ops))
+    for r in range(pp):
+        env.process(rank(r))
     env.run()
-    return time.perf_counter() - t0, sum(len(o) for o in sch.ranks)
+    return time.perf_counter() - t0, 2 * pp * microbatches
 
 
 def timed(sc, repeat):

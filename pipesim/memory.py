@@ -115,6 +115,9 @@ def build_templates(stage, recompute_flops, granularity: int) -> dict[int, Templ
 
     out = {}
     for kind, rs in rows.items():
+        # Time order inside the op; a stable sort keeps causal order at equal times (a layer's
+        # releases at its end come before the next layer's allocations at the same instant).
+        rs = sorted(rs, key=lambda x: x[0])
         out[kind] = Template(np.array([x[0] for x in rs], dtype=np.float64),
                              np.array([CAT[x[1]] for x in rs], dtype=np.int8),
                              np.array([x[2] for x in rs], dtype=np.int64))
@@ -123,7 +126,7 @@ def build_templates(stage, recompute_flops, granularity: int) -> dict[int, Templ
 
 @dataclass(frozen=True)
 class Ledger:
-    """All memory records, sorted per rank in causal order. Arrays of equal length."""
+    """All memory records, per rank in causal order (rank-major). Arrays of equal length."""
 
     time: np.ndarray      # float64 seconds
     rank: np.ndarray      # int32
@@ -135,47 +138,86 @@ class Ledger:
         return len(self.time)
 
 
-def build_ledger(spans, templates, static_bytes, p2p_records) -> Ledger:
-    """Lay the templates over the op spans and add static and p2p records.
+_POS_BITS = 24   # template positions per atom < 2**24; orders records of one atom
 
-    ``spans``: ``pipesim.simulator.Spans`` (one row per atom, in each rank's execution order);
-    ``templates[(stage, kind)]``; ``static_bytes[rank][category]``; ``p2p_records``: tuple of
-    arrays ``(time, rank, delta, atom, order)`` where ``order`` places the record before (-1)
-    or after (+1) its atom's own template records at equal times.
+
+def build_ledger(spans, templates, static_bytes, p2p_records) -> Ledger:
+    """Lay the templates over the op spans and merge in static and p2p records.
+
+    ``spans``: ``pipesim.simulator.Spans`` (one row per atom, rank-major, in execution order);
+    ``templates[(stage, kind)]``; ``static_bytes[rank][category]``; ``p2p_records``: arrays
+    ``(time, rank, delta, atom, order)`` where ``order`` -1 places a record before its atom's own
+    template records at equal times and +1 after them.
+
+    A rank runs its atoms one after another, so laying each atom's (time-sorted) template at its
+    span yields a stream already in causal order: no sort is needed. Only the p2p records (which
+    happen at arrival times) are merged in, by binary search on (time, atom seq, position).
     """
-    times, ranks, cats, deltas, atoms, seqs, poss = [], [], [], [], [], [], []
     n_atoms = len(spans.start)
+    tlen = np.zeros(n_atoms, dtype=np.int64)
+    groups = {}
     group = spans.stage.astype(np.int64) * 4 + spans.kind
     for g in np.unique(group):
         idx = np.nonzero(group == g)[0]
         tpl = templates[(int(g) // 4, int(g) % 4)]
+        tlen[idx] = len(tpl.delta)
+        groups[int(g)] = (idx, tpl)
+    n_static = [sum(1 for v in by_cat.values() if v) for by_cat in static_bytes]
+    ranks = len(static_bytes)
+    # Rank r's block: its static records, then its atoms' template records in atom order.
+    rank_of_atom = spans.rank.astype(np.int64)
+    per_rank_tpl = np.bincount(rank_of_atom, weights=tlen, minlength=ranks).astype(np.int64)
+    block = np.array(n_static, dtype=np.int64) + per_rank_tpl
+    block_start = np.concatenate([[0], np.cumsum(block)[:-1]])
+    total = int(block.sum())
+    # Offset of each atom's first record: its rank's block start + statics + earlier atoms.
+    csum = np.cumsum(tlen) - tlen
+    first_of_rank = np.searchsorted(rank_of_atom, np.arange(ranks))
+    atom_off = block_start[rank_of_atom] + np.array(n_static)[rank_of_atom] + (
+        csum - csum[np.minimum(first_of_rank, max(n_atoms - 1, 0))][rank_of_atom] if n_atoms else 0)
+    time = np.zeros(total)
+    rank = np.repeat(np.arange(ranks, dtype=np.int32), block)
+    cat = np.zeros(total, dtype=np.int8)
+    delta = np.zeros(total, dtype=np.int64)
+    atom = np.full(total, -1, dtype=np.int64)
+    key = np.zeros(total, dtype=np.int64)           # seq << _POS_BITS | position, for merging
+    for r, by_cat in enumerate(static_bytes):
+        at = block_start[r]
+        for name, nbytes in by_cat.items():
+            if nbytes:
+                cat[at], delta[at], key[at] = CAT[name], nbytes, -1
+                at += 1
+    for idx, tpl in groups.values():
         m = len(tpl.delta)
         if m == 0:
             continue
+        where = (atom_off[idx][:, None] + np.arange(m)[None, :]).ravel()
         dur = (spans.end[idx] - spans.start[idx])[:, None]
-        times.append((spans.start[idx][:, None] + tpl.frac[None, :] * dur).ravel())
-        ranks.append(np.repeat(spans.rank[idx], m))
-        cats.append(np.tile(tpl.cat, len(idx)))
-        deltas.append(np.tile(tpl.delta, len(idx)))
-        atoms.append(np.repeat(idx, m))
-        seqs.append(np.repeat(spans.seq[idx], m))
-        poss.append(np.tile(np.arange(m), len(idx)))
-    # Static categories at t = 0, before anything else.
-    for rank, by_cat in enumerate(static_bytes):
-        for name, nbytes in by_cat.items():
-            if nbytes:
-                times.append(np.zeros(1)); ranks.append(np.array([rank])); cats.append(np.array([CAT[name]]))
-                deltas.append(np.array([nbytes])); atoms.append(np.array([-1])); seqs.append(np.array([-1]))
-                poss.append(np.array([0]))
+        time[where] = (spans.start[idx][:, None] + tpl.frac[None, :] * dur).ravel()
+        cat[where] = np.tile(tpl.cat, len(idx))
+        delta[where] = np.tile(tpl.delta, len(idx))
+        atom[where] = np.repeat(idx, m)
+        key[where] = ((spans.seq[idx][:, None] << _POS_BITS) + np.arange(m)[None, :]).ravel()
     p_time, p_rank, p_delta, p_atom, p_order = p2p_records
     if len(p_time):
-        times.append(p_time); ranks.append(p_rank); cats.append(np.full(len(p_time), CAT["p2p"]))
-        deltas.append(p_delta); atoms.append(p_atom); seqs.append(spans.seq[p_atom])
-        poss.append(np.where(p_order < 0, -1, 1 << 30))
-    time = np.concatenate(times)
-    rank = np.concatenate(ranks).astype(np.int32)
-    order = np.lexsort((np.concatenate(poss), np.concatenate(seqs), time, rank))
-    atom = np.concatenate(atoms).astype(np.int64)
-    assert n_atoms == 0 or atom.max() < n_atoms
-    return Ledger(time[order], rank[order], np.concatenate(cats).astype(np.int8)[order],
-                  np.concatenate(deltas).astype(np.int64)[order], atom[order])
+        p_key = (spans.seq[p_atom] << _POS_BITS) + np.where(p_order < 0, -1, (1 << _POS_BITS) - 1)
+        order = np.lexsort((p_key, p_time, p_rank))
+        p_time, p_rank, p_delta, p_atom, p_key = (x[order] for x in (p_time, p_rank, p_delta, p_atom, p_key))
+        bounds = np.concatenate([block_start, [total]])
+        pos = np.empty(len(p_time), dtype=np.int64)
+        for r in range(ranks):
+            lo_q, hi_q = np.searchsorted(p_rank, [r, r + 1])
+            if lo_q == hi_q:
+                continue
+            b0, b1 = bounds[r], bounds[r + 1]
+            tq, kq = p_time[lo_q:hi_q], p_key[lo_q:hi_q]
+            tb, kb = time[b0:b1], key[b0:b1]
+            lo = np.searchsorted(tb, tq, "left")
+            hi = np.searchsorted(tb, tq, "right")
+            pos[lo_q:hi_q] = b0 + np.clip(np.searchsorted(kb, kq, "left"), lo, hi)
+        time = np.insert(time, pos, p_time)
+        rank = np.insert(rank, pos, p_rank.astype(np.int32))
+        cat = np.insert(cat, pos, CAT["p2p"])
+        delta = np.insert(delta, pos, p_delta)
+        atom = np.insert(atom, pos, p_atom)
+    return Ledger(time, rank, cat, delta, atom)

@@ -10,6 +10,10 @@ only to wait for an input whose producer has not started yet (one event per such
 layer or byte). Each such wait resumes exactly when the producer is scheduled, so every start
 time is ``max(rank free, inputs arrived)`` — the same rule, evaluated with fewer context
 switches. Memory is not touched here: ``pipesim.memory`` lays it over the recorded spans.
+
+Before the run the schedule is flattened into numpy arrays, one row per atom (F, B, W; an FB op
+gives two), and each atom's inputs become atom indices: ``schedules.graph.inputs`` is asked once
+per (kind, stage, direction) and its answer applied to every micro-batch at once.
 """
 from __future__ import annotations
 
@@ -19,8 +23,10 @@ import numpy as np
 import simpy
 
 from schedules import ScheduleError
-from schedules.graph import inputs, key
+from schedules.graph import inputs
 from pipesim.memory import KIND_B, KIND_BI, KIND_F, KIND_W
+
+_FAMILY = {"F": 0, "B": 1, "W": 2}   # B and BI are one family: both are "the B" of a key
 
 
 @dataclass(frozen=True)
@@ -37,128 +43,186 @@ class Spans:
     mb: np.ndarray         # int32
     start: np.ndarray      # float64 seconds
     end: np.ndarray        # float64 seconds
-    arrival: np.ndarray    # float64: when this atom's output reaches its cross-rank consumer (nan if none)
-    consumer_rank: np.ndarray  # int32: rank of that consumer (-1 if none / same rank)
+    consumer: np.ndarray   # int64: the cross-rank atom that receives this atom's output (-1: none)
+    arrival: np.ndarray    # float64: when that output arrives there (nan: none)
 
 
 @dataclass(frozen=True)
 class Timing:
-    """Durations in seconds: ``f[s]``, ``b[s]`` (full backward), ``w[s]``, ``fb[(sf, sb)]``,
-    and the p2p delay of a boundary tensor leaving stage s: ``hop[s]``."""
+    """Durations in seconds: ``f[s]``, ``b[s]`` (full backward), ``w[s]``, optional overlapped-pair
+    ``fb[(sf, sb)]``, and ``hop[s]``: the p2p delay of the boundary tensor leaving stage s."""
 
     f: tuple[float, ...]
     b: tuple[float, ...]
     w: tuple[float, ...]
     hop: tuple[float, ...]
-    fb: dict | None = None    # optional explicit overlapped-pair durations by stage pair
+    fb: dict | None = None
 
 
-def _atom_kind(atom) -> int:
-    if atom.kind == "F":
-        return KIND_F
-    if atom.kind == "W":
-        return KIND_W
-    return KIND_BI if atom.w_deferred else KIND_B
+@dataclass(frozen=True)
+class _Flat:
+    rank: np.ndarray
+    seq: np.ndarray
+    op_index: np.ndarray
+    kind: np.ndarray
+    stage: np.ndarray
+    chunk: np.ndarray
+    direction: np.ndarray
+    mb: np.ndarray
+    paired: np.ndarray     # bool: first atom (the F) of an FB op
+
+
+def _flatten(schedule) -> _Flat:
+    ranks = schedule.ranks
+    if any(op.kind == "FB" for ops in ranks for op in ops):
+        # expand FB ops into their two atoms (rare enough to do per op)
+        atoms = [[a for op in ops for a in op.atoms()] for ops in ranks]
+        op_of = [[i for i, op in enumerate(ops) for _ in op.atoms()] for ops in ranks]
+        paired = [[op.kind == "FB" and a is op.forward for op in ops for a in op.atoms()] for ops in ranks]
+    else:
+        atoms = ranks
+        op_of = [range(len(ops)) for ops in ranks]
+        paired = None
+    flat = [a for ops in atoms for a in ops]
+    n = len(flat)
+    code = {"F": KIND_F, "B": KIND_B, "W": KIND_W}
+    kind = np.fromiter((code[a.kind] for a in flat), dtype=np.int8, count=n)
+    deferred = np.fromiter((a.w_deferred for a in flat), dtype=bool, count=n)
+    kind[deferred] = KIND_BI
+    chunk = np.fromiter((a.chunk for a in flat), dtype=np.int64, count=n)
+    mb = np.fromiter((a.mb for a in flat), dtype=np.int32, count=n)
+    lengths = [len(ops) for ops in atoms]
+    rank = np.repeat(np.arange(len(ranks), dtype=np.int32), lengths)
+    seq = np.concatenate([np.arange(k, dtype=np.int64) for k in lengths]) if n else np.zeros(0, np.int64)
+    op_index = np.fromiter((i for o in op_of for i in o), dtype=np.int64, count=n)
+    pair = (np.fromiter((p for ps in paired for p in ps), dtype=bool, count=n) if paired
+            else np.zeros(n, dtype=bool))
+    place = np.array(schedule.placement, dtype=np.int64)
+    dirs = np.array(schedule.directions, dtype=np.int64)
+    return _Flat(rank, seq, op_index, kind, place[rank, chunk].astype(np.int32),
+                 chunk.astype(np.int32), dirs[rank, chunk].astype(np.int8), mb, pair)
+
+
+def _dependencies(schedule, flat: _Flat) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(consumer atoms, producer atoms) pairs, one per dependency slot, from ``graph.inputs``."""
+    fam = np.array([0, 1, 1, 2], dtype=np.int64)[flat.kind]
+    S, D = schedule.num_stages, 2
+    M = int(flat.mb.max()) + 1 if len(flat.mb) else 1
+    code = ((fam * S + flat.stage) * D + flat.direction) * M + flat.mb
+    order = np.argsort(code, kind="stable")
+    sorted_code = code[order]
+    if len(sorted_code) > 1 and np.any(sorted_code[1:] == sorted_code[:-1]):
+        raise ScheduleError(f"{schedule.name}: an atom appears twice; run schedules.graph.validate")
+    pattern = (fam * S + flat.stage) * D + flat.direction
+    pairs = []
+    names = {0: "F", 1: "B", 2: "W"}
+    for p in np.unique(pattern):
+        sel = np.nonzero(pattern == p)[0]
+        f, rest = divmod(int(p), S * D)
+        s, d = divmod(rest, D)
+        for slot in inputs(schedule, (names[f], s, d, 0)):
+            kind, ds, dd, dm = slot
+            if dm != 0:
+                raise ScheduleError("dependency rules that change the micro-batch are not supported")
+            want = ((_FAMILY[kind] * S + ds) * D + dd) * M + flat.mb[sel]
+            pos = np.searchsorted(sorted_code, want)
+            ok = (pos < len(sorted_code)) & (sorted_code[np.minimum(pos, len(sorted_code) - 1)] == want)
+            if not ok.all():
+                i = sel[np.nonzero(~ok)[0][0]]
+                raise ScheduleError(f"{schedule.name}: rank {flat.rank[i]} op {flat.op_index[i]} needs "
+                                    f"{kind}(stage {ds}, mb {flat.mb[i]}), which no rank runs")
+            pairs.append((sel, order[pos]))
+    return pairs
 
 
 def run(schedule, timing: Timing) -> Spans:
     """Simulate the step; return the spans of every atom. Raises ScheduleError on deadlock."""
+    flat = _flatten(schedule)
+    n = len(flat.kind)
+    hop = np.asarray(timing.hop, dtype=np.float64)
+    # Per atom: up to two inputs (producer index, delay); cross-rank data pays the stage's hop.
+    prod_slots = [np.full(n, -1, dtype=np.int64), np.full(n, -1, dtype=np.int64)]
+    delay_slots = [np.zeros(n), np.zeros(n)]
+    filled = np.zeros(n, dtype=np.int64)
+    consumer = np.full(n, -1, dtype=np.int64)
+    for cons, prod in _dependencies(schedule, flat):
+        cross = flat.rank[prod] != flat.rank[cons]
+        consumer[prod[cross]] = cons[cross]
+        slot = filled[cons]
+        for k in (0, 1):
+            sel = slot == k
+            prod_slots[k][cons[sel]] = prod[sel]
+            delay_slots[k][cons[sel]] = np.where(cross[sel], hop[flat.stage[prod[sel]]], 0.0)
+        if np.any(slot > 1):
+            raise ScheduleError("an atom with more than two inputs; the simulator supports two")
+        filled[cons] += 1
+    f, b, w = (np.asarray(x, dtype=np.float64) for x in (timing.f, timing.b, timing.w))
+    st = flat.stage
+    dur = np.select([flat.kind == KIND_F, flat.kind == KIND_B, flat.kind == KIND_BI],
+                    [f[st], b[st], b[st] - w[st]], w[st])
+    fb = timing.fb or {}
+    # FB ops: the pair takes fb[(sf, sb)] (default F + B), split F-then-B in proportion.
+    pf = np.nonzero(flat.paired)[0]
+    for i in pf.tolist():
+        df, db = dur[i], dur[i + 1]
+        total = fb.get((int(st[i]), int(st[i + 1])), df + db)
+        scale = total / (df + db) if df + db > 0 else 0.0
+        dur[i], dur[i + 1] = df * scale, db * scale
+    start = np.zeros(n)
+    end = [None] * n
+    bounds = np.searchsorted(flat.rank, np.arange(len(schedule.ranks) + 1)).tolist()
+    paired = flat.paired.tolist()
+    p0, p1 = (x.tolist() for x in prod_slots)
+    d0, d1 = (x.tolist() for x in delay_slots)
+    durl = dur.tolist()
     env = simpy.Environment()
-    done: dict[tuple, tuple[float, int]] = {}     # atom key -> (end time, rank)
-    waiting: dict[tuple, simpy.Event] = {}
-    rows: list[list] = [[] for _ in schedule.ranks]
-    progress = [0] * len(schedule.ranks)
-    f, b, w, hop, fb = timing.f, timing.b, timing.w, timing.hop, timing.fb or {}
-
-    def ready_time(r, k, t):
-        """Latest arrival over the data inputs of atom ``k`` on rank ``r``, at least ``t``."""
-        for dep in inputs(schedule, k):
-            got = done.get(dep)
-            if got is None:
-                return dep
-            end, prank = got
-            if prank != r:
-                end += hop[dep[1]]
-            if end > t:
-                t = end
-        return t
+    waiting: dict[int, simpy.Event] = {}
+    progress = list(bounds[:-1])
+    starts = [0.0] * n
 
     def rank_process(r):
         clock = 0.0
-        seq = 0
-        for idx, op in enumerate(schedule.ranks[r]):
-            atoms = op.atoms()
-            keys = [key(schedule, r, a) for a in atoms]
-            start = clock
-            for k in keys:
-                while True:
-                    got = ready_time(r, k, start)
-                    if not isinstance(got, tuple):
-                        start = got
-                        break
-                    ev = waiting.get(got)
-                    if ev is None:
-                        ev = waiting[got] = env.event()
-                    yield ev
-            if len(atoms) == 2:   # FB: forward then backward inside one op span
-                sf, sb = keys[0][1], keys[1][1]
-                df, db = f[sf], b[sb]
-                total = fb.get((sf, sb), df + db)
-                split = start + (total * df / (df + db) if df + db > 0 else 0.0)
-                segs = ((start, split), (split, start + total))
-            else:
-                a = atoms[0]
-                s = keys[0][1]
-                d = f[s] if a.kind == "F" else w[s] if a.kind == "W" else (
-                    b[s] - w[s] if a.w_deferred else b[s])
-                segs = ((start, start + d),)
-            for a, k, (t0, t1) in zip(atoms, keys, segs):
-                done[k] = (t1, r)
-                rows[r].append((seq, idx, _atom_kind(a), k[1], a.chunk, k[2], k[3], t0, t1))
-                seq += 1
-                ev = waiting.pop(k, None)
+        i, stop = bounds[r], bounds[r + 1]
+        while i < stop:
+            group = 2 if paired[i] else 1           # an FB's two atoms start together
+            t = clock
+            for j in range(i, i + group):
+                for p, dl in ((p0[j], d0[j]), (p1[j], d1[j])):
+                    if p < 0:
+                        continue
+                    e = end[p]
+                    while e is None:
+                        ev = waiting.get(p)
+                        if ev is None:
+                            ev = waiting[p] = env.event()
+                        yield ev
+                        e = end[p]
+                    e += dl
+                    if e > t:
+                        t = e
+            for j in range(i, i + group):
+                starts[j] = t
+                t += durl[j]
+                end[j] = t
+                ev = waiting.pop(j, None)
                 if ev is not None:
                     ev.succeed()
-            clock = segs[-1][1]
-            progress[r] = idx + 1
+            clock = t
+            i += group
+            progress[r] = i
 
     for r in range(len(schedule.ranks)):
         env.process(rank_process(r))
     env.run()
-    stuck = [r for r, ops in enumerate(schedule.ranks) if progress[r] < len(ops)]
+    stuck = [r for r in range(len(schedule.ranks)) if progress[r] < bounds[r + 1]]
     if stuck:
-        detail = ", ".join(f"rank {r} at op {progress[r]} ({schedule.ranks[r][progress[r]]})" for r in stuck)
+        detail = ", ".join(f"rank {r} at op {flat.op_index[progress[r]]} "
+                           f"({schedule.ranks[r][flat.op_index[progress[r]]]})" for r in stuck)
         raise ScheduleError(f"{schedule.name}: deadlock, no rank can proceed: {detail}")
-    return _spans(schedule, rows, done, hop)
-
-
-def _spans(schedule, rows, done, hop) -> Spans:
-    flat = [(r,) + row for r, rs in enumerate(rows) for row in rs]
-    n = len(flat)
-    cols = list(zip(*flat)) if n else [[]] * 10
-    rank = np.array(cols[0], dtype=np.int32)
-    kind = np.array(cols[3], dtype=np.int8)
-    stage = np.array(cols[4], dtype=np.int32)
-    direction = np.array(cols[6], dtype=np.int8)
-    mb = np.array(cols[7], dtype=np.int32)
-    end = np.array(cols[9], dtype=np.float64)
-    # Where does each F / B output go? F(s) feeds F(s+1); B(s) (or BI) feeds B(s-1).
+    start = np.array(starts)
+    endv = np.array(end, dtype=np.float64)
     arrival = np.full(n, np.nan)
-    consumer = np.full(n, -1, dtype=np.int32)
-    last = schedule.num_stages - 1
-    for i in range(n):
-        k = kind[i]
-        s = int(stage[i])
-        if k == KIND_F and s < last:
-            nxt = s + 1
-        elif k in (KIND_B, KIND_BI) and s > 0:
-            nxt = s - 1
-        else:
-            continue
-        crank, _ = schedule.locate(nxt, int(direction[i]))
-        if crank != rank[i]:
-            consumer[i] = crank
-            arrival[i] = end[i] + hop[s]
-    return Spans(rank, np.array(cols[1], dtype=np.int64), np.array(cols[2], dtype=np.int64), kind,
-                 stage, np.array(cols[5], dtype=np.int32), direction, mb,
-                 np.array(cols[8], dtype=np.float64), end, arrival, consumer)
+    has = consumer >= 0
+    arrival[has] = endv[has] + hop[flat.stage[has]]
+    return Spans(flat.rank, flat.seq, flat.op_index, flat.kind, flat.stage, flat.chunk,
+                 flat.direction, flat.mb, start, endv, consumer, arrival)

@@ -115,27 +115,14 @@ def p2p_records(spans, boundary_bytes) -> tuple[np.ndarray, ...]:
     Sender: +bytes at its atom's end, -bytes at arrival. Receiver: +bytes at arrival, -bytes
     when the consuming atom starts. Returns ``(time, rank, delta, atom, order)``.
     """
-    send = np.nonzero(spans.consumer_rank >= 0)[0]
-    if len(send) == 0:
-        e = np.zeros(0)
-        return e, e.astype(np.int32), e.astype(np.int64), e.astype(np.int64), e.astype(np.int64)
+    send = np.nonzero(spans.consumer >= 0)[0]
+    recv = spans.consumer[send]
     nbytes = np.asarray(boundary_bytes, dtype=np.int64)[spans.stage[send]]
-    # Find each consumer atom: F(s) -> F(s+1); B/BI(s) -> B/BI(s-1), same direction and mb.
-    is_f = spans.kind == 0
-    fam = np.where(is_f, 0, np.where(spans.kind == 3, 2, 1)).astype(np.int64)
-    S = int(spans.stage.max()) + 2
-    M = int(spans.mb.max()) + 1
-    code = ((fam * S + spans.stage) * 2 + spans.direction) * M + spans.mb
-    order = np.argsort(code, kind="stable")
-    sorted_code = code[order]
-    nxt = np.where(is_f[send], spans.stage[send] + 1, spans.stage[send] - 1)
-    want = ((fam[send] * S + nxt) * 2 + spans.direction[send]) * M + spans.mb[send]
-    recv = order[np.searchsorted(sorted_code, want)]
-    assert np.all(code[recv] == want)
     arrival = spans.arrival[send]
     time = np.concatenate([spans.end[send], arrival, arrival, spans.start[recv]])
     rank = np.concatenate([spans.rank[send], spans.rank[send], spans.rank[recv], spans.rank[recv]])
     delta = np.concatenate([nbytes, -nbytes, nbytes, -nbytes])
     atom = np.concatenate([send, send, recv, recv])
-    ordr = np.concatenate([np.ones(len(send)), np.ones(len(send)), -np.ones(len(send)), -np.ones(len(send))])
-    return time, rank.astype(np.int32), delta, atom.astype(np.int64), ordr.astype(np.int64)
+    ones = np.ones(len(send), dtype=np.int64)
+    order = np.concatenate([ones, ones, -ones, -ones])
+    return time, rank.astype(np.int32), delta, atom.astype(np.int64), order

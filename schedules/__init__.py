@@ -10,6 +10,7 @@ Pure Python, no SimPy: the simulator consumes these lists, people read them
 from __future__ import annotations
 
 import importlib
+from functools import lru_cache
 
 from schedules.ops import FB, Op, Schedule, ScheduleError, parse_op
 
@@ -46,5 +47,12 @@ def build(name: str, pp: int, microbatches: int, chunks: int | None = None) -> S
             raise ScheduleError(f"{label} must be an integer >= 1, got {value!r}")
     if chunks is not None and (isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 1):
         raise ScheduleError(f"chunks must be an integer >= 1, got {chunks!r}")
+    return _build(name, pp, microbatches, chunks)
+
+
+@lru_cache(maxsize=16)
+def _build(name: str, pp: int, microbatches: int, chunks: int | None) -> Schedule:
+    # Schedules are immutable and fully determined by these four values: validating a scenario
+    # and then simulating it builds its schedule once.
     module, func = _FAMILIES[name].split(":")
     return getattr(importlib.import_module(module), func)(pp, microbatches, chunks)
