@@ -1,0 +1,194 @@
+"""Configuration of the analytical model: the model's shape, the parallel layout, the training
+recipe, and the model presets (one TOML file each in ``presets/``).
+
+All three are frozen dataclasses whose field names are the keys of the scenario file's
+``[model]``, ``[parallel]`` and ``[training]`` tables. ``validate`` methods raise ``ModelError``
+with a message that starts with the offending field and says what is allowed.
+
+    from pipesim.model import load_preset, ParallelConfig
+    v3 = load_preset("deepseek-v3")
+    ParallelConfig(tp=2, pp=16, ep=8, dp=32, sp=True).validate(v3)
+"""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+
+
+class ModelError(ValueError):
+    """An impossible model, layout or training configuration; the message names the field."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """[model]: the shape of a DeepSeek-style MLA + MoE transformer (symbols of the paper)."""
+
+    name: str                    # label only
+    hidden: int                  # h, model width
+    heads: int                   # n_h, attention heads
+    head_dim: int                # d_h, per-head q/k (no-rope part) and v dimension
+    rope_head_dim: int           # d_hr, per-head q/k rope dimension (k's rope part is shared by heads)
+    q_compress: int              # d_cq, query latent width; 0 = plain W_Q [h, n_h*(d_h+d_hr)]
+    kv_compress: int             # d_c, key-value latent width
+    dense_ffn_hidden: int        # FFN width of the dense (non-MoE) layers
+    moe_ffn_hidden: int          # h_E, FFN width of one expert (routed or shared)
+    routed_experts: int          # N, routed experts per MoE layer
+    shared_experts: int          # N_s, shared experts per MoE layer (run on every token)
+    experts_per_token: int       # N_r, routed experts chosen per token (top-k)
+    layers: int                  # transformer layers of the main model
+    dense_layers: int            # the first dense_layers layers use the dense FFN, the rest MoE
+    vocab: int                   # vocabulary size
+    tied_embeddings: bool = False   # output head shares the embedding matrix
+    mtp_modules: int = 0         # multi-token-prediction modules (DeepSeek-V3: 1)
+
+    def is_moe(self, layer: int) -> bool:
+        """Whether global transformer layer ``layer`` has an MoE FFN."""
+        return layer >= self.dense_layers
+
+    def validate(self) -> None:
+        """Raise ``ModelError`` if a dimension is impossible."""
+        positive = ("hidden", "heads", "head_dim", "kv_compress", "moe_ffn_hidden",
+                    "routed_experts", "experts_per_token", "layers", "vocab")
+        for f in positive:
+            if getattr(self, f) < 1:
+                raise ModelError(f"model.{f}: must be >= 1, got {getattr(self, f)}")
+        for f in ("rope_head_dim", "q_compress", "shared_experts", "dense_layers", "mtp_modules"):
+            if getattr(self, f) < 0:
+                raise ModelError(f"model.{f}: must be >= 0, got {getattr(self, f)}")
+        if self.dense_layers > 0 and self.dense_ffn_hidden < 1:
+            raise ModelError(f"model.dense_ffn_hidden: must be >= 1 when dense_layers > 0, "
+                             f"got {self.dense_ffn_hidden}")
+        if self.dense_layers > self.layers:
+            raise ModelError(f"model.dense_layers: at most layers ({self.layers}), got {self.dense_layers}")
+        if self.experts_per_token > self.routed_experts:
+            raise ModelError(f"model.experts_per_token: at most routed_experts ({self.routed_experts}), "
+                             f"got {self.experts_per_token}")
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    """[parallel]: how one step is laid out over devices (all are group sizes, >= 1)."""
+
+    tp: int = 1                  # tensor parallelism (MLA heads, dense FFN, vocab)
+    pp: int = 1                  # pipeline ranks
+    ep: int = 1                  # expert parallelism (routed experts spread over ep devices)
+    etp: int = 1                 # expert tensor parallelism (each expert's matrices split etp ways)
+    cp: int = 1                  # context parallelism (the sequence split cp ways)
+    dp: int = 1                  # data parallelism of the non-MoE parameters
+    edp: int | None = None       # expert data parallelism; None = derived, see edp_effective
+    sp: bool = False             # sequence parallelism in the TP region's norms and dropouts
+
+    @property
+    def edp_effective(self) -> int:
+        """EDP: how many devices hold the same routed-expert shard.
+
+        The dp·tp devices of one pipeline stage (per CP rank) are regrouped for the experts as
+        ep·etp·edp, so ``edp = dp·tp / (ep·etp)`` unless given. Paper, Table 5:
+        DP32 TP2 EP8 ETP1 → 32·2/8 = 8.
+        """
+        if self.edp is not None:
+            return self.edp
+        return (self.dp * self.tp) // (self.ep * self.etp)
+
+    def validate(self, model: ModelConfig) -> None:
+        """Raise ``ModelError`` if this layout cannot hold ``model``."""
+        model.validate()
+        for f in ("tp", "pp", "ep", "etp", "cp", "dp"):
+            if getattr(self, f) < 1:
+                raise ModelError(f"{f}: must be >= 1, got {getattr(self, f)}")
+        if model.heads % self.tp:
+            raise ModelError(f"tp: must divide heads ({model.heads}), got {self.tp}")
+        if model.dense_layers and model.dense_ffn_hidden % self.tp:
+            raise ModelError(f"tp: must divide dense_ffn_hidden ({model.dense_ffn_hidden}), got {self.tp}")
+        if model.routed_experts % self.ep:
+            raise ModelError(f"ep: must divide routed_experts ({model.routed_experts}), got {self.ep}")
+        if model.moe_ffn_hidden % self.etp:
+            raise ModelError(f"etp: must divide moe_ffn_hidden ({model.moe_ffn_hidden}), got {self.etp}")
+        if self.edp is None:
+            if (self.dp * self.tp) % (self.ep * self.etp):
+                raise ModelError(f"ep: ep*etp ({self.ep}*{self.etp}) must divide dp*tp "
+                                 f"({self.dp}*{self.tp}) to derive edp; or give edp")
+        elif self.edp < 1:
+            raise ModelError(f"edp: must be >= 1 (or left out to derive dp*tp/(ep*etp)), got {self.edp}")
+        if self.pp > model.layers:
+            raise ModelError(f"pp: at most layers ({model.layers}), got {self.pp}")
+
+
+@dataclass(frozen=True)
+class DTypes:
+    """[training.dtypes]: bytes per stored value (paper, Table 7)."""
+
+    weights: int = 2             # BF16 weights
+    activations: int = 2         # BF16 activations
+    grads: int = 4               # FP32 gradients
+    master: int = 4              # FP32 master copy of the weights (optimizer)
+    momentum: int = 2            # Adam first moment (paper: BF16)
+    variance: int = 2            # Adam second moment (paper: BF16)
+
+    @property
+    def optimizer(self) -> int:
+        """Optimizer bytes per parameter: master + momentum + variance."""
+        return self.master + self.momentum + self.variance
+
+
+RECOMPUTE = ("none", "full", "selective")
+ATTENTION = ("eager", "flash")
+ZERO = ("none", "os", "os+g", "os+g+params")
+EXPERT_TOKENS = ("routed", "paper")
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """[training]: the per-micro-batch workload and the memory recipe."""
+
+    micro_batch_size: int = 1    # b, sequences per micro-batch
+    seq_len: int = 4096          # s, tokens per sequence
+    recompute: str = "none"      # none | full | selective
+    keep: tuple[str, ...] = ()   # selective: tensors/modules kept (names in pipesim.model.activations)
+    attention: str = "eager"     # eager (stores the s^2 softmax, the paper) | flash (O(s) statistics)
+    fp8_activations: bool = False   # store the linear inputs DeepSeek-V3 names in FP8 (1 byte)
+    imbalance: float = 1.0       # expert-load imbalance: multiplies the tokens per routed expert
+    expert_tokens: str = "routed"   # routed (tokens an expert really receives) | paper (b*s*N_r/N)
+    zero: str = "none"           # none | os | os+g | os+g+params
+    dtypes: DTypes = dataclasses.field(default_factory=DTypes)   # bytes per value
+
+    def validate(self, model: ModelConfig) -> None:
+        """Raise ``ModelError`` if the recipe is not understood."""
+        from pipesim.model.activations import keep_names   # the tensor names live there
+
+        for f in ("micro_batch_size", "seq_len"):
+            if getattr(self, f) < 1:
+                raise ModelError(f"{f}: must be >= 1, got {getattr(self, f)}")
+        for f, allowed in (("recompute", RECOMPUTE), ("attention", ATTENTION), ("zero", ZERO),
+                           ("expert_tokens", EXPERT_TOKENS)):
+            if getattr(self, f) not in allowed:
+                raise ModelError(f"{f}: one of {', '.join(allowed)}; got {getattr(self, f)!r}")
+        if self.keep and self.recompute != "selective":
+            raise ModelError(f"keep: only used with recompute = \"selective\", got recompute = {self.recompute!r}")
+        names = keep_names()
+        for k in self.keep:
+            if k not in names:
+                raise ModelError(f"keep: unknown name {k!r}; allowed: {', '.join(names)}")
+        if self.imbalance < 1.0:
+            raise ModelError(f"imbalance: a factor >= 1.0 on the tokens per expert, got {self.imbalance}")
+        for f in dataclasses.fields(self.dtypes):
+            if getattr(self.dtypes, f.name) < 1:
+                raise ModelError(f"dtypes.{f.name}: bytes per value, >= 1; got {getattr(self.dtypes, f.name)}")
+
+
+# --------------------------------------------------------------------------- presets
+
+def preset_names() -> tuple[str, ...]:
+    """The bundled presets: the ``*.toml`` files of ``pipesim/model/presets``."""
+    files = resources.files("pipesim.model").joinpath("presets").iterdir()
+    return tuple(sorted(f.name[:-5] for f in files if f.name.endswith(".toml")))
+
+
+def load_preset(name: str, **overrides) -> ModelConfig:
+    """The preset ``name`` as a ``ModelConfig``; keyword arguments override its dimensions."""
+    if name not in preset_names():
+        raise ModelError(f"preset: unknown {name!r}; allowed: {', '.join(preset_names())}")
+    text = resources.files("pipesim.model").joinpath("presets", f"{name}.toml").read_text()
+    return dataclasses.replace(ModelConfig(**tomllib.loads(text)), **overrides)
