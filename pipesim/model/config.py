@@ -112,8 +112,6 @@ class ParallelConfig:
                                  f"({self.dp}*{self.tp}) to derive edp; or give edp")
         elif self.edp < 1:
             raise ModelError(f"edp: must be >= 1 (or left out to derive dp*tp/(ep*etp)), got {self.edp}")
-        if self.pp > model.layers:
-            raise ModelError(f"pp: at most layers ({model.layers}), got {self.pp}")
 
 
 @dataclass(frozen=True)
