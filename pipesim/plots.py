@@ -18,10 +18,11 @@ _COLORS = {
 }
 
 
-def _steps(times, levels):
-    """Step-function points: each level holds from its record's time to the next record's."""
+def _steps(times, levels, until):
+    """Step-function points: each level holds from its record's time to the next record's,
+    the last one until ``until``."""
     t = np.repeat(times, 2)[1:]
-    t = np.append(t, times[-1])
+    t = np.append(t, max(until, times[-1]))
     v = np.repeat(levels, 2, axis=0)
     return t, v
 
@@ -35,7 +36,7 @@ def memory_png(result, path) -> None:
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(12, 8.5), sharex=True,
                                    gridspec_kw={"height_ratios": [3, 2]})
     times, levels = result.timeline(pr)
-    t, v = _steps(times * 1e3, levels / GIB)
+    t, v = _steps(times * 1e3, levels / GIB, result.makespan * 1e3)
     keep = [i for i, n in enumerate(names) if levels[:, i].max() > 0]
     ax1.stackplot(t, *(v[:, i] for i in keep), labels=[names[i] for i in keep],
                   colors=[_COLORS[names[i]] for i in keep], linewidth=0)
@@ -55,7 +56,7 @@ def memory_png(result, path) -> None:
     cmap = plt.get_cmap("viridis")
     for r in range(result.ranks):
         tt, tot = result.total(r)
-        x, y = _steps(tt * 1e3, tot / GIB)
+        x, y = _steps(tt * 1e3, tot / GIB, result.makespan * 1e3)
         ax2.plot(x, y, color=cmap(r / max(1, result.ranks - 1)), linewidth=1.2 if r == pr else 0.7,
                  label=f"rank {r}" if result.ranks <= 16 else None)
     ax2.set_ylabel("GiB (total incl. fragmentation)")

@@ -105,7 +105,11 @@ class Result:
                 return "idle"
             atom = int(sel[-1])
         op = self.workload.schedule.ranks[rank][int(self.spans.op_index[atom])]
-        return f"{op} (stage {int(self.spans.stage[atom])}, mb {int(self.spans.mb[atom])})"
+        kind = ("F", "B", "B (input grad)", "W")[int(self.spans.kind[atom])]
+        text = f"{kind} mb {int(self.spans.mb[atom])} stage {int(self.spans.stage[atom])}"
+        if self.workload.schedule.num_directions > 1:
+            text += f" dir {int(self.spans.direction[atom])}"
+        return text + (f" in {op}" if op.kind == "FB" else "")
 
     @cached_property
     def peak_rank(self) -> int:

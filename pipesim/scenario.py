@@ -153,8 +153,10 @@ def _coerce(value, tp, where: str):
     return value
 
 
-def _table(cls, raw: dict, where: str, skip: tuple[str, ...] = ()):
-    """Build dataclass ``cls`` from TOML table ``raw``, rejecting unknown keys and wrong types."""
+def _table(cls, raw: dict, where: str, skip: tuple[str, ...] = (), extra: tuple[str, ...] = ()):
+    """Keyword arguments for dataclass ``cls`` from TOML table ``raw``, rejecting unknown keys
+    and wrong types. ``extra`` names keys the caller already took out of ``raw`` (listed as
+    allowed in the message)."""
     if not isinstance(raw, dict):
         raise ScenarioError(f"{where}: expected a table, got {raw!r}")
     hints = typing.get_type_hints(cls)
@@ -163,7 +165,7 @@ def _table(cls, raw: dict, where: str, skip: tuple[str, ...] = ()):
     kwargs = {}
     for key, value in raw.items():
         if key not in allowed:
-            raise ScenarioError(f"{where}.{key}: unknown key; allowed: {', '.join(allowed)}")
+            raise ScenarioError(f"{where}.{key}: unknown key; allowed: {', '.join([*allowed, *extra])}")
         kwargs[key] = _coerce(value, hints[key], f"{where}.{key}")
     return kwargs
 
@@ -203,7 +205,7 @@ def _build(raw: dict, path: Path) -> Scenario:
     microbatches = traw.pop("microbatches", None)
     dtypes_raw = traw.pop("dtypes", {})
     dtypes = DTypes(**_table(DTypes, dtypes_raw, "training.dtypes"))
-    tkw = _table(TrainingConfig, traw, "training", skip=("dtypes",))
+    tkw = _table(TrainingConfig, traw, "training", skip=("dtypes",), extra=("microbatches", "dtypes"))
     training = TrainingConfig(**tkw, dtypes=dtypes)
     if microbatches is None:
         microbatches = 2 * parallel.pp
@@ -235,8 +237,7 @@ def _build(raw: dict, path: Path) -> Scenario:
     try:
         sch = schedules.build(sched.name, parallel.pp, microbatches, sched.chunks)
     except schedules.ScheduleError as exc:
-        key = "schedule.name" if "unknown schedule" in str(exc) else "schedule / training.microbatches"
-        raise ScenarioError(f"{key}: {exc}") from None
+        raise ScenarioError(f"{_schedule_key(str(exc))}: {exc}") from None
 
     from pipesim.placement import PlacementError, resolve_layers
     try:
@@ -250,9 +251,19 @@ def _build(raw: dict, path: Path) -> Scenario:
                     layers_per_stage=layers)
 
 
+def _schedule_key(message: str) -> str:
+    """The scenario key a schedule's complaint is about."""
+    for needle, key in (("unknown schedule", "schedule.name"), ("chunks", "schedule.chunks"),
+                        ("micro-batch", "training.microbatches"), ("microbatch", "training.microbatches"),
+                        ("pp", "parallel.pp")):
+        if needle in message:
+            return key
+    return "schedule.name"
+
+
 def _model(raw: dict) -> ModelConfig:
     preset = raw.pop("preset", None)
-    overrides = _table(ModelConfig, raw, "model")
+    overrides = _table(ModelConfig, raw, "model", extra=("preset",))
     if preset is not None:
         if preset not in preset_names():
             raise ScenarioError(f"model.preset: unknown preset {preset!r}; allowed: {', '.join(preset_names())}")
