@@ -140,22 +140,27 @@ def run(schedule, timing: Timing) -> Spans:
     flat = _flatten(schedule)
     n = len(flat.kind)
     hop = np.asarray(timing.hop, dtype=np.float64)
-    # Per atom: up to two inputs (producer index, delay); cross-rank data pays the stage's hop.
-    prod_slots = [np.full(n, -1, dtype=np.int64), np.full(n, -1, dtype=np.int64)]
-    delay_slots = [np.zeros(n), np.zeros(n)]
-    filled = np.zeros(n, dtype=np.int64)
+    # An input produced earlier on the same rank is done before the rank reaches the consumer
+    # (the rank runs its atoms in order), so only cross-rank inputs can delay a start; under the
+    # rules of schedules.graph each atom has at most one (the boundary tensor). A same-rank input
+    # produced *later* can never arrive: that order deadlocks.
+    dep = np.full(n, -1, dtype=np.int64)
+    delay = np.zeros(n)
     consumer = np.full(n, -1, dtype=np.int64)
     for cons, prod in _dependencies(schedule, flat):
         cross = flat.rank[prod] != flat.rank[cons]
-        consumer[prod[cross]] = cons[cross]
-        slot = filled[cons]
-        for k in (0, 1):
-            sel = slot == k
-            prod_slots[k][cons[sel]] = prod[sel]
-            delay_slots[k][cons[sel]] = np.where(cross[sel], hop[flat.stage[prod[sel]]], 0.0)
-        if np.any(slot > 1):
-            raise ScheduleError("an atom with more than two inputs; the simulator supports two")
-        filled[cons] += 1
+        late = ~cross & (flat.seq[prod] >= flat.seq[cons])
+        if late.any():
+            i = cons[np.nonzero(late)[0][0]]
+            r, k = int(flat.rank[i]), int(flat.op_index[i])
+            raise ScheduleError(f"{schedule.name}: deadlock: rank {r} op {k} ({schedule.ranks[r][k]}) "
+                                f"needs an op that rank {r} runs after it")
+        cons, prod = cons[cross], prod[cross]
+        if (dep[cons] >= 0).any():
+            raise ScheduleError(f"{schedule.name}: an atom with two cross-rank inputs is not supported")
+        dep[cons] = prod
+        delay[cons] = hop[flat.stage[prod]]
+        consumer[prod] = cons
     f, b, w = (np.asarray(x, dtype=np.float64) for x in (timing.f, timing.b, timing.w))
     st = flat.stage
     dur = np.select([flat.kind == KIND_F, flat.kind == KIND_B, flat.kind == KIND_BI],
@@ -172,8 +177,7 @@ def run(schedule, timing: Timing) -> Spans:
     end = [None] * n
     bounds = np.searchsorted(flat.rank, np.arange(len(schedule.ranks) + 1)).tolist()
     paired = flat.paired.tolist()
-    p0, p1 = (x.tolist() for x in prod_slots)
-    d0, d1 = (x.tolist() for x in delay_slots)
+    depl, delayl = dep.tolist(), delay.tolist()
     durl = dur.tolist()
     env = simpy.Environment()
     waiting: dict[int, simpy.Event] = {}
@@ -187,9 +191,8 @@ def run(schedule, timing: Timing) -> Spans:
             group = 2 if paired[i] else 1           # an FB's two atoms start together
             t = clock
             for j in range(i, i + group):
-                for p, dl in ((p0[j], d0[j]), (p1[j], d1[j])):
-                    if p < 0:
-                        continue
+                p = depl[j]
+                if p >= 0:
                     e = end[p]
                     while e is None:
                         ev = waiting.get(p)
@@ -197,7 +200,7 @@ def run(schedule, timing: Timing) -> Spans:
                             ev = waiting[p] = env.event()
                         yield ev
                         e = end[p]
-                    e += dl
+                    e += delayl[j]
                     if e > t:
                         t = e
             for j in range(i, i + group):
