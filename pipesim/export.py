@@ -1,4 +1,4 @@
-"""Machine-readable outputs, written atomically: ``summary.json``, ``timeline.csv``.
+"""Machine-readable outputs, written atomically: ``summary.json``, ``timeline.csv``, ``trace.json``.
 
 Every file of a run is first written into a temporary folder beside the destination; only when
 all of them exist are they moved into place (``os.replace``), so a failed run leaves no partial
@@ -13,6 +13,8 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+
+import numpy as np
 
 from pipesim.memory import CATEGORIES
 
@@ -60,3 +62,28 @@ def text_writer(text: str):
     def write(path: Path) -> None:
         path.write_text(text)
     return write
+
+
+def trace_json(result) -> str:
+    """Chrome / Perfetto trace: one slice per op, one memory counter (GiB) per rank.
+
+    Open in ui.perfetto.dev or chrome://tracing. Times are microseconds; each rank is a thread.
+    """
+    sp = result.spans
+    names = ("F", "B", "B (input grad)", "W")
+    events = []
+    for i in range(len(sp.start)):
+        events.append({"name": f"{names[sp.kind[i]]} mb {int(sp.mb[i])}", "ph": "X", "pid": 0,
+                       "tid": int(sp.rank[i]), "ts": round(float(sp.start[i]) * 1e6, 3),
+                       "dur": round(float(sp.end[i] - sp.start[i]) * 1e6, 3),
+                       "args": {"stage": int(sp.stage[i]), "chunk": int(sp.chunk[i]),
+                                "direction": int(sp.direction[i])}})
+    for r in range(result.ranks):
+        events.append({"name": "thread_name", "ph": "M", "pid": 0, "tid": r, "args": {"name": f"rank {r}"}})
+        times, tot = result.total(r)
+        # one counter sample per distinct time: the level after the last record at that time
+        last = np.append(times[1:] != times[:-1], True)
+        for t, v in zip(times[last].tolist(), tot[last].tolist()):
+            events.append({"name": f"memory rank {r} (GiB)", "ph": "C", "pid": 0, "ts": round(t * 1e6, 3),
+                           "args": {"GiB": round(v / 2 ** 30, 4)}})
+    return json.dumps({"traceEvents": events, "displayTimeUnit": "ms"}) + "\n"

@@ -68,3 +68,33 @@ def memory_png(result, path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+_KIND_COLORS = ("#4c72b0", "#dd8452", "#c44e52", "#55a868")   # F, B, B (input grad), W
+_KIND_LABELS = ("F forward", "B backward", "B input-grad (W deferred)", "W weight-grad")
+
+
+def schedule_png(result, path) -> None:
+    """Write a Gantt chart of every rank's ops over the step, each rank's peak marked."""
+    sp = result.spans
+    fig, ax = plt.subplots(figsize=(12, 1.2 + 0.35 * result.ranks))
+    for k in range(4):
+        sel = sp.kind == k
+        if sel.any():
+            ax.barh(sp.rank[sel], (sp.end[sel] - sp.start[sel]) * 1e3, left=sp.start[sel] * 1e3,
+                    height=0.8, color=_KIND_COLORS[k], edgecolor="white", linewidth=0.2,
+                    label=_KIND_LABELS[k])
+    for p in result.peaks:
+        ax.plot(p.time * 1e3, p.rank, marker="v", color="black", markersize=6)
+    ax.plot([], [], marker="v", color="black", linestyle="none", label="memory peak of the rank")
+    ax.set_yticks(range(result.ranks))
+    ax.set_yticklabels([f"rank {r}" for r in range(result.ranks)], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("time in the step (ms)")
+    sc = result.scenario
+    ax.set_title(f"{sc.name}: {sc.schedule.name} op timeline, pp={result.ranks}, "
+                 f"{sc.microbatches} micro-batches, step {result.makespan * 1e3:.1f} ms")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

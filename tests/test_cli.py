@@ -22,7 +22,8 @@ def test_run_writes_outputs_and_summary_is_byte_identical(tmp_path):
     for out in (a, b):
         p = cli("run", TINY, "-o", out)
         assert p.returncode == 0, p.stderr
-        assert sorted(f.name for f in out.iterdir()) == ["memory.png", "summary.json", "timeline.csv"]
+        assert sorted(f.name for f in out.iterdir()) == ["memory.png", "schedule.png", "summary.json",
+                                                        "timeline.csv", "trace.json"]
     assert (a / "summary.json").read_bytes() == (b / "summary.json").read_bytes()
     summary = json.loads((a / "summary.json").read_text())
     assert len(summary["ranks"]) == 4
@@ -31,6 +32,17 @@ def test_run_writes_outputs_and_summary_is_byte_identical(tmp_path):
     # timeline.csv's running totals end where the static memory is (every dynamic byte released)
     rows = (a / "timeline.csv").read_text().splitlines()
     assert rows[0] == "time_ms,rank,category,delta_bytes,rank_total_bytes"
+    # each rank's running total ends at its static bytes: weights + grads + optimizer + buffers
+    last = {}
+    for row in rows[1:]:
+        t, r, c, d, tot = row.split(",")
+        last[int(r)] = int(tot)
+    for rank in summary["ranks"]:
+        assert last[rank["rank"]] == rank["static_bytes"]
+    # the trace holds one slice per op and a memory counter per rank
+    trace = json.loads((a / "trace.json").read_text())["traceEvents"]
+    slices = [e for e in trace if e["ph"] == "X"]
+    assert len(slices) == 2 * 8 * 4   # 1F1B: an F and a B per micro-batch on each of 4 ranks
 
 
 def _broken(tmp_path, text):
