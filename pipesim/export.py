@@ -32,9 +32,8 @@ def timeline_csv(result) -> str:
     names = CATEGORIES
     for r in range(result.ranks):
         times, tot = result.total(r)
-        lo = result._bounds[r]
-        cats = result.ledger.cat[lo:lo + len(times)]
-        deltas = result.ledger.delta[lo:lo + len(times)]
+        cats = result.ledger.cat[result.records(r)]
+        deltas = result.ledger.delta[result.records(r)]
         for t, c, d, s in zip(times.tolist(), cats.tolist(), deltas.tolist(), tot.tolist()):
             w.writerow([f"{t * 1e3:.6f}", r, names[c], d, s])
     return buf.getvalue()

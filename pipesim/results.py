@@ -15,7 +15,6 @@ import numpy as np
 from pipesim.memory import CATEGORIES, STATIC
 
 GIB = 2 ** 30
-_KIND_NAMES = ("F", "B", "B", "W")
 
 
 @dataclass(frozen=True)
@@ -58,6 +57,10 @@ class Result:
     def makespan(self) -> float:
         """Seconds from the first op's start to the last op's end."""
         return float(self.spans.end.max()) if len(self.spans.end) else 0.0
+
+    def records(self, rank: int) -> slice:
+        """The rank's slice of the ledger (its records, in causal order)."""
+        return slice(int(self._bounds[rank]), int(self._bounds[rank + 1]))
 
     def timeline(self, rank: int) -> tuple[np.ndarray, np.ndarray]:
         """``(times, levels)``: levels[i, c] is category c's bytes after record i (incl.
