@@ -2,21 +2,23 @@
 from __future__ import annotations
 
 GIB = 2 ** 30
-_COLUMNS = ("weights", "grads", "optimizer", "activations")
+_COLUMNS = ("weights", "grads", "optimizer", "activations", "recompute")
+_TRANSIENT = ("workspace", "a2a", "gather")
 
 
 def peak_table(result) -> str:
     """Aligned text: one row per rank, the peak rank marked with ``*``, then the verdict."""
     sc = result.scenario
     head = ["rank", "stages", "peak GiB", "at ms", "weights", "grads", "optim", "activ",
-            "other", "headroom", "fits", "bubble", "op in flight at peak"]
+            "recomp", "transient", "other", "headroom", "fits", "bubble", "op in flight at peak"]
     rows = []
     for p in result.peaks:
-        other = p.bytes - sum(p.breakdown[c] for c in _COLUMNS)
+        transient = sum(p.breakdown[c] for c in _TRANSIENT)
+        other = p.bytes - sum(p.breakdown[c] for c in _COLUMNS) - transient
         mark = "*" if p.rank == result.peak_rank else " "
         rows.append([f"{mark}{p.rank}", ",".join(map(str, p.stages)), f"{p.bytes / GIB:.2f}",
                      f"{p.time * 1e3:.1f}"] + [f"{p.breakdown[c] / GIB:.2f}" for c in _COLUMNS] +
-                    [f"{other / GIB:.2f}", f"{(result.capacity_bytes - p.bytes) / GIB:+.2f}",
+                    [f"{transient / GIB:.2f}", f"{other / GIB:.2f}", f"{(result.capacity_bytes - p.bytes) / GIB:+.2f}",
                      "yes" if p.bytes <= result.capacity_bytes else "NO",
                      f"{result.bubble_fraction(p.rank):.1%}", p.op])
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
@@ -27,8 +29,8 @@ def peak_table(result) -> str:
              f"(simulated), device {result.capacity_bytes / GIB:.0f} GiB",
              fmt(head), fmt(["-" * w for w in widths])]
     lines += [fmt(r) for r in rows]
-    lines.append("(GiB = 2**30 bytes; 'other' = recompute, workspace, a2a, gather, logits, p2p, "
-                 "comm buffers, fragmentation; * = peak rank)")
+    lines.append("(GiB = 2**30 bytes; 'transient' = workspace + a2a + gather of the running layer; "
+                 "'other' = logits, p2p, comm buffers, fragmentation; * = peak rank)")
     lines.append(verdict(result))
     return "\n".join(lines)
 
