@@ -195,3 +195,33 @@ def test_summary_is_deterministic():
     from pipesim.export import summary_json
     sc = pipesim.load_scenario(SCENARIOS / "tiny.toml")
     assert summary_json(pipesim.simulate(sc)) == summary_json(pipesim.simulate(sc))
+
+
+@pytest.mark.parametrize("path", sorted(SCENARIOS.glob("*.toml")), ids=lambda p: p.stem)
+def test_every_bundled_scenario_runs_and_conserves(path):
+    res = pipesim.simulate(pipesim.load_scenario(path))
+    sch = res.workload.schedule
+    r512 = lambda n: -(-n // res.scenario.overheads.allocator_rounding) * res.scenario.overheads.allocator_rounding  # noqa: E731
+    for r in range(res.ranks):
+        end = levels(res, r)[-1]
+        assert all(end[CAT[c]] == 0 for c in DYNAMIC), r
+        held = [res.workload.costs[sch.stage(r, c)] for c in range(len(sch.placement[r]))]
+        for cat, attr in (("weights", "weights_bytes"), ("grads", "grads_bytes"), ("optimizer", "optimizer_bytes")):
+            assert end[CAT[cat]] == sum(r512(getattr(c, attr)) for c in held), (r, cat)
+        assert res.peaks[r].bytes >= sum(end[CAT[c]] for c in STATIC)
+
+
+def test_timing_overrides_and_explicit_placement(tmp_path):
+    text = (SCENARIOS / "tiny.toml").read_text()
+    text = text.replace('layers_per_stage = "auto"', "layers_per_stage = [3, 1, 1, 1]\nhead_stage = 0")
+    text += "\n[timing]\nforward_ms = [1.0, 2.0, 2.0, 2.0]\nbackward_ms = 4.0\n"
+    p = tmp_path / "t.toml"
+    p.write_text(text)
+    res = pipesim.simulate(pipesim.load_scenario(p))
+    assert [len(pl.layers) for pl in res.workload.plans] == [3, 1, 1, 1]
+    assert res.workload.plans[0].head and res.workload.plans[0].embedding
+    sp = res.spans
+    f = sp.kind == 0
+    assert np.allclose((sp.end - sp.start)[f & (sp.stage == 0)], 1e-3)
+    assert np.allclose((sp.end - sp.start)[f & (sp.stage == 2)], 2e-3)
+    assert np.allclose((sp.end - sp.start)[sp.kind == 1], 4e-3)
