@@ -27,6 +27,24 @@ def _steps(times, levels, until):
     return t, v
 
 
+def _rank_grid(result, bins: int) -> np.ndarray:
+    """``grid[r, k]``: rank r's highest total (bytes) during the k-th of ``bins`` equal time slices.
+
+    The level in a slice is the one holding at its start plus every record inside it, so short
+    spikes (one layer's recomputation) survive the down-sampling.
+    """
+    edges = np.linspace(0.0, result.makespan, bins + 1)
+    grid = np.zeros((result.ranks, bins))
+    for r in range(result.ranks):
+        times, tot = result.total(r)
+        at_start = tot[np.maximum(np.searchsorted(times, edges[:-1], "right") - 1, 0)]
+        slot = np.minimum(np.searchsorted(edges, times, "right") - 1, bins - 1)
+        inside = np.full(bins, -1, dtype=np.int64)
+        np.maximum.at(inside, slot, tot)
+        grid[r] = np.maximum(at_start, inside)
+    return grid
+
+
 def memory_png(result, path) -> None:
     """Write the two-panel memory figure of ``result`` to ``path``."""
     sc = result.scenario
@@ -41,10 +59,9 @@ def memory_png(result, path) -> None:
     ax1.stackplot(t, *(v[:, i] for i in keep), labels=[names[i] for i in keep],
                   colors=[_COLORS[names[i]] for i in keep], linewidth=0)
     cap = result.capacity_bytes / GIB
-    for ax in (ax1, ax2):
-        ax.axhline(cap, color="black", linestyle="--", linewidth=1)
-        ax.text(0.002, cap, f" device {cap:.0f} GiB", transform=ax.get_yaxis_transform(),
-                va="bottom", fontsize=8)
+    ax1.axhline(cap, color="black", linestyle="--", linewidth=1)
+    ax1.text(0.002, cap, f" device {cap:.0f} GiB", transform=ax1.get_yaxis_transform(),
+             va="bottom", fontsize=8)
     ax1.plot([peak.time * 1e3], [peak.bytes / GIB], marker="v", color="red", markersize=9)
     ax1.annotate(f"peak {peak.bytes / GIB:.2f} GiB\n{peak.op}", (peak.time * 1e3, peak.bytes / GIB),
                  textcoords="offset points", xytext=(8, 6), fontsize=8, color="red")
@@ -53,18 +70,19 @@ def memory_png(result, path) -> None:
     ax1.set_title(f"{sc.name}: rank {pr} (peak rank, stages {list(peak.stages)}) by category — "
                   f"{sc.schedule.name}, pp={result.ranks}, {sc.microbatches} micro-batches")
     ax1.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8, frameon=False)
-    cmap = plt.get_cmap("viridis")
-    for r in range(result.ranks):
-        tt, tot = result.total(r)
-        x, y = _steps(tt * 1e3, tot / GIB, result.makespan * 1e3)
-        ax2.plot(x, y, color=cmap(r / max(1, result.ranks - 1)), linewidth=1.2 if r == pr else 0.7,
-                 label=f"rank {r}" if result.ranks <= 16 else None)
-    ax2.set_ylabel("GiB (total incl. fragmentation)")
+    grid = _rank_grid(result, bins=600)
+    cmap = plt.get_cmap("viridis").copy()
+    cmap.set_over("red")
+    extent = (0, result.makespan * 1e3, result.ranks - 0.5, -0.5)
+    img = ax2.imshow(grid / GIB, aspect="auto", interpolation="nearest", cmap=cmap, extent=extent,
+                     vmin=0, vmax=cap)
+    for p in result.peaks:
+        ax2.plot(p.time * 1e3, p.rank, marker="v", color="white", markeredgecolor="black", markersize=5)
+    ax2.set_ylabel("pipeline rank")
     ax2.set_xlabel("time in the step (ms)")
-    ax2.set_title("every rank's total")
-    ax2.set_ylim(0, max(cap, peak.bytes / GIB) * 1.15)
-    if result.ranks <= 16:
-        ax2.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=7, frameon=False, ncol=1)
+    ax2.set_title("every rank's total (incl. fragmentation; red = over the device, ▼ = the rank's peak)")
+    # the colour bar sits outside ax2 so both panels keep the same time axis
+    fig.colorbar(img, cax=ax2.inset_axes([1.01, 0.0, 0.015, 1.0]), label="GiB", extend="max")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
