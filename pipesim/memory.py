@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+GIB = 2 ** 30   # bytes; the paper's "GB". Bytes stay integers inside, GiB appear only at the edges.
+
 CATEGORIES = ("weights", "grads", "optimizer", "comm_buffers", "activations", "recompute",
               "workspace", "a2a", "gather", "logits", "p2p")
 STATIC = ("weights", "grads", "optimizer", "comm_buffers")

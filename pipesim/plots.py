@@ -8,9 +8,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from pipesim.memory import CATEGORIES  # noqa: E402
+from pipesim.memory import CATEGORIES, GIB  # noqa: E402
 
-GIB = 2 ** 30
 _COLORS = {
     "weights": "#4c72b0", "grads": "#55a868", "optimizer": "#8172b2", "comm_buffers": "#937860",
     "activations": "#dd8452", "recompute": "#c44e52", "workspace": "#da8bc3", "a2a": "#8c8c8c",

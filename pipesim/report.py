@@ -1,7 +1,8 @@
 """The per-rank peak table that ``pipesim run`` prints, and its one-line verdict."""
 from __future__ import annotations
 
-GIB = 2 ** 30
+from pipesim.memory import GIB
+
 _COLUMNS = ("weights", "grads", "optimizer", "activations", "recompute")
 _TRANSIENT = ("workspace", "a2a", "gather")
 

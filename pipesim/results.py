@@ -12,9 +12,7 @@ from functools import cached_property
 
 import numpy as np
 
-from pipesim.memory import CATEGORIES, STATIC
-
-GIB = 2 ** 30
+from pipesim.memory import CATEGORIES, GIB, STATIC
 
 
 @dataclass(frozen=True)
@@ -65,26 +63,26 @@ class Result:
     def timeline(self, rank: int) -> tuple[np.ndarray, np.ndarray]:
         """``(times, levels)``: levels[i, c] is category c's bytes after record i (incl.
         a last ``fragmentation`` column)."""
-        lo, hi = self._bounds[rank], self._bounds[rank + 1]
-        cats = self.ledger.cat[lo:hi].astype(np.int64)
-        deltas = np.zeros((hi - lo, len(CATEGORIES)), dtype=np.int64)
-        deltas[np.arange(hi - lo), cats] = self.ledger.delta[lo:hi]
+        rec = self.records(rank)
+        cats = self.ledger.cat[rec].astype(np.int64)
+        deltas = np.zeros((len(cats), len(CATEGORIES)), dtype=np.int64)
+        deltas[np.arange(len(cats)), cats] = self.ledger.delta[rec]
         levels = np.cumsum(deltas, axis=0)
         frag = np.ceil(levels.sum(axis=1) * self.fragmentation).astype(np.int64)
-        return self.ledger.time[lo:hi], np.column_stack([levels, frag])
+        return self.ledger.time[rec], np.column_stack([levels, frag])
 
     def total(self, rank: int) -> tuple[np.ndarray, np.ndarray]:
         """``(times, bytes)``: the rank's total (allocated + fragmentation) after each record."""
-        lo, hi = self._bounds[rank], self._bounds[rank + 1]
-        alloc = np.cumsum(self.ledger.delta[lo:hi])
-        return self.ledger.time[lo:hi], alloc + np.ceil(alloc * self.fragmentation).astype(np.int64)
+        rec = self.records(rank)
+        alloc = np.cumsum(self.ledger.delta[rec])
+        return self.ledger.time[rec], alloc + np.ceil(alloc * self.fragmentation).astype(np.int64)
 
     @cached_property
     def peaks(self) -> tuple[RankPeak, ...]:
         out = []
         sch = self.workload.schedule
         for r in range(self.ranks):
-            lo, hi = self._bounds[r], self._bounds[r + 1]
+            lo = self.records(r).start
             _, tot = self.total(r)
             i = int(np.argmax(tot))
             cats = self.ledger.cat[lo:lo + i + 1]

@@ -49,14 +49,15 @@ class Spans:
 
 @dataclass(frozen=True)
 class Timing:
-    """Durations in seconds: ``f[s]``, ``b[s]`` (full backward), ``w[s]``, optional overlapped-pair
-    ``fb[(sf, sb)]``, and ``hop[s]``: the p2p delay of the boundary tensor leaving stage s."""
+    """Durations in seconds: ``f[s]``, ``b[s]`` (full backward), ``w[s]``, optionally ``fb[s]``
+    (an overlapped pair whose forward is on stage s; default F + B), and ``hop[s]``: the p2p delay
+    of the boundary tensor leaving stage s."""
 
     f: tuple[float, ...]
     b: tuple[float, ...]
     w: tuple[float, ...]
     hop: tuple[float, ...]
-    fb: dict | None = None
+    fb: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -165,15 +166,12 @@ def run(schedule, timing: Timing) -> Spans:
     st = flat.stage
     dur = np.select([flat.kind == KIND_F, flat.kind == KIND_B, flat.kind == KIND_BI],
                     [f[st], b[st], b[st] - w[st]], w[st])
-    fb = timing.fb or {}
-    # FB ops: the pair takes fb[(sf, sb)] (default F + B), split F-then-B in proportion.
-    pf = np.nonzero(flat.paired)[0]
-    for i in pf.tolist():
-        df, db = dur[i], dur[i + 1]
-        total = fb.get((int(st[i]), int(st[i + 1])), df + db)
-        scale = total / (df + db) if df + db > 0 else 0.0
-        dur[i], dur[i + 1] = df * scale, db * scale
-    start = np.zeros(n)
+    if timing.fb is not None:
+        # An overlapped pair takes fb[stage of its forward], split F-then-B in proportion.
+        for i in np.nonzero(flat.paired)[0].tolist():
+            df, db = dur[i], dur[i + 1]
+            scale = timing.fb[st[i]] / (df + db) if df + db > 0 else 0.0
+            dur[i], dur[i + 1] = df * scale, db * scale
     end = [None] * n
     bounds = np.searchsorted(flat.rank, np.arange(len(schedule.ranks) + 1)).tolist()
     paired = flat.paired.tolist()

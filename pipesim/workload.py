@@ -19,12 +19,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipesim.memory import build_templates, round_up
+from pipesim.memory import GIB, build_templates, round_up
 from pipesim.model import StageCosts, stage_costs
 from pipesim.placement import StagePlan, stage_plans
 from pipesim.simulator import Timing
-
-GIB = 2 ** 30
 
 
 @dataclass(frozen=True)
@@ -38,7 +36,6 @@ class Workload:
     templates: dict                      # (stage, kind) -> memory.Template
     static: tuple[dict, ...]             # per rank: category -> bytes
     boundary_bytes: tuple[int, ...]      # per stage, rounded
-    recompute_flops: tuple[tuple[float, ...], ...]
 
 
 def _recompute_flops(sc, costs: StageCosts) -> tuple[float, ...]:
@@ -55,10 +52,11 @@ def _recompute_flops(sc, costs: StageCosts) -> tuple[float, ...]:
     return tuple(out)
 
 
-def _override(value, s: int):
-    if value is None:
-        return None
-    return (value[s] if isinstance(value, tuple) else value) / 1e3
+def _seconds(override_ms, s: int, default: float) -> float:
+    """A ``[timing]`` override (ms; one number, or one per stage) for stage s, else ``default``."""
+    if override_ms is None:
+        return default
+    return (override_ms[s] if isinstance(override_ms, tuple) else override_ms) / 1e3
 
 
 def build_workload(sc, schedule=None) -> Workload:
@@ -70,31 +68,20 @@ def build_workload(sc, schedule=None) -> Workload:
     rate = sc.hardware.peak_tflops * 1e12 * sc.hardware.efficiency
     gran = sc.overheads.allocator_rounding
     hw, tm = sc.hardware, sc.timing
-    f, b, w, hop, rflops = [], [], [], [], []
+    f, b, w, hop, templates = [], [], [], [], {}
     for s, c in enumerate(costs):
         rc = _recompute_flops(sc, c)
-        rflops.append(rc)
-        fs = sum(L.flops_f for L in c.layers) / rate
-        ws = sum(L.flops_w for L in c.layers) / rate
-        bs = sum(L.flops_b + L.flops_w for L in c.layers) / rate + sum(rc) / rate
-        fs = _override(tm.forward_ms, s) if tm.forward_ms is not None else fs
-        bs = _override(tm.backward_ms, s) if tm.backward_ms is not None else bs
-        ws = _override(tm.weight_ms, s) if tm.weight_ms is not None else ws
+        for kind, tpl in build_templates(c, rc, gran).items():
+            templates[(s, kind)] = tpl
+        fs = _seconds(tm.forward_ms, s, sum(L.flops_f for L in c.layers) / rate)
+        bs = _seconds(tm.backward_ms, s, (sum(L.flops_b + L.flops_w for L in c.layers) + sum(rc)) / rate)
+        ws = _seconds(tm.weight_ms, s, sum(L.flops_w for L in c.layers) / rate)
         f.append(fs)
         b.append(bs)
         w.append(min(ws, bs))
         hop.append(hw.p2p_latency_us * 1e-6 + c.boundary_bytes / (hw.p2p_bandwidth_gbps * 1e9))
-    fb = None
-    if tm.fb_ms is not None:
-        fb = {}
-        for sf in range(len(costs)):
-            for sb in range(len(costs)):
-                fb[(sf, sb)] = _override(tm.fb_ms, sf)
+    fb = None if tm.fb_ms is None else tuple(_seconds(tm.fb_ms, s, 0.0) for s in range(len(costs)))
     timing = Timing(tuple(f), tuple(b), tuple(w), tuple(hop), fb)
-    templates = {}
-    for s, c in enumerate(costs):
-        for kind, tpl in build_templates(c, rflops[s], gran).items():
-            templates[(s, kind)] = tpl
     comm = round_up(int(sc.overheads.comm_buffer_gib * GIB), gran)
     static = []
     for r in range(schedule.pp):
@@ -106,7 +93,7 @@ def build_workload(sc, schedule=None) -> Workload:
             by_cat["optimizer"] += round_up(c.optimizer_bytes, gran)
         static.append(by_cat)
     return Workload(schedule, plans, costs, timing, templates, tuple(static),
-                    tuple(round_up(c.boundary_bytes, gran) for c in costs), tuple(rflops))
+                    tuple(round_up(c.boundary_bytes, gran) for c in costs))
 
 
 def p2p_records(spans, boundary_bytes) -> tuple[np.ndarray, ...]:

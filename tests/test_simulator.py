@@ -225,3 +225,16 @@ def test_timing_overrides_and_explicit_placement(tmp_path):
     assert np.allclose((sp.end - sp.start)[f & (sp.stage == 0)], 1e-3)
     assert np.allclose((sp.end - sp.start)[f & (sp.stage == 2)], 2e-3)
     assert np.allclose((sp.end - sp.start)[sp.kind == 1], 4e-3)
+
+
+def test_fb_override_sets_the_overlapped_pair_duration():
+    sc = tiny(schedule="dualpipe", microbatches=8)
+    sc = dataclasses.replace(sc, timing=dataclasses.replace(sc.timing, forward_ms=1.0, backward_ms=2.0, fb_ms=2.5))
+    res = pipesim.simulate(sc)
+    sp, sch = res.spans, res.workload.schedule
+    spans_of_fb = [(sp.start[j], sp.end[j + 1]) for j in range(len(sp.start) - 1)
+                   if sp.rank[j] == sp.rank[j + 1] and sp.op_index[j] == sp.op_index[j + 1]
+                   and sch.ranks[sp.rank[j]][sp.op_index[j]].kind == "FB"]
+    assert spans_of_fb, "dualpipe on 4 ranks x 8 micro-batches has overlapped pairs"
+    # 2.5 ms instead of F + B = 3 ms, split F-then-B in the proportion 1 : 2
+    assert all(e - s == pytest.approx(2.5e-3) for s, e in spans_of_fb)
