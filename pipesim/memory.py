@@ -172,11 +172,9 @@ def build_ledger(spans, templates, static_bytes, p2p_records) -> Ledger:
     block = np.array(n_static, dtype=np.int64) + per_rank_tpl
     block_start = np.concatenate([[0], np.cumsum(block)[:-1]])
     total = int(block.sum())
-    # Offset of each atom's first record: its rank's block start + statics + earlier atoms.
-    csum = np.cumsum(tlen) - tlen
-    first_of_rank = np.searchsorted(rank_of_atom, np.arange(ranks))
-    atom_off = block_start[rank_of_atom] + np.array(n_static)[rank_of_atom] + (
-        csum - csum[np.minimum(first_of_rank, max(n_atoms - 1, 0))][rank_of_atom] if n_atoms else 0)
+    # Offset of each atom's first record: the template records of all earlier atoms plus the
+    # static records of its own and earlier ranks (blocks and atoms are both rank-major).
+    atom_off = (np.cumsum(tlen) - tlen) + np.cumsum(n_static)[rank_of_atom]
     time = np.zeros(total)
     rank = np.repeat(np.arange(ranks, dtype=np.int32), block)
     cat = np.zeros(total, dtype=np.int8)
