@@ -18,6 +18,7 @@ per (kind, stage, direction) and its answer applied to every micro-batch at once
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import chain
 
 import numpy as np
 import simpy
@@ -27,6 +28,7 @@ from schedules.graph import inputs
 from pipesim.memory import KIND_B, KIND_BI, KIND_F, KIND_W
 
 _FAMILY = {"F": 0, "B": 1, "W": 2}   # B and BI are one family: both are "the B" of a key
+_FAMILY_OF_KIND = np.array([0, 1, 1, 2], dtype=np.int64)   # indexed by KIND_F, KIND_B, KIND_BI, KIND_W
 
 
 @dataclass(frozen=True)
@@ -74,30 +76,39 @@ class _Flat:
 
 
 def _flatten(schedule) -> _Flat:
+    """One row per atom, rank-major in execution order.
+
+    Ops are shared immutable objects (a 1F1B schedule of pp ranks holds 2M distinct ops for
+    2M·pp slots), so their fields are read once per distinct op and spread by index.
+    """
     ranks = schedule.ranks
-    if any(op.kind == "FB" for ops in ranks for op in ops):
-        # expand FB ops into their two atoms (rare enough to do per op)
-        atoms = [[a for op in ops for a in op.atoms()] for ops in ranks]
-        op_of = [[i for i, op in enumerate(ops) for _ in op.atoms()] for ops in ranks]
-        paired = [[op.kind == "FB" and a is op.forward for op in ops for a in op.atoms()] for ops in ranks]
+    flat = list(chain.from_iterable(ranks))
+    ids = np.fromiter(map(id, flat), dtype=np.int64, count=len(flat))
+    _, first, which = np.unique(ids, return_index=True, return_inverse=True)
+    distinct = [flat[i] for i in first.tolist()]
+    lengths = [len(ops) for ops in ranks]
+    if any(op.kind == "FB" for op in distinct):
+        # expand FB ops into their two atoms (rare enough to do op by op)
+        flat = [a for op in flat for a in op.atoms()]
+        lengths = [sum(len(op.atoms()) for op in ops) for ops in ranks]
+        op_index = np.fromiter((i for ops in ranks for i, op in enumerate(ops) for _ in op.atoms()),
+                               dtype=np.int64)
+        pair = np.fromiter((op.kind == "FB" and a is op.forward for ops in ranks for op in ops
+                            for a in op.atoms()), dtype=bool)
+        ids = np.fromiter(map(id, flat), dtype=np.int64, count=len(flat))
+        _, first, which = np.unique(ids, return_index=True, return_inverse=True)
+        distinct = [flat[i] for i in first.tolist()]
     else:
-        atoms = ranks
-        op_of = [range(len(ops)) for ops in ranks]
-        paired = None
-    flat = [a for ops in atoms for a in ops]
+        op_index = pair = None
     n = len(flat)
-    code = {"F": KIND_F, "B": KIND_B, "W": KIND_W}
-    kind = np.fromiter((code[a.kind] for a in flat), dtype=np.int8, count=n)
-    deferred = np.fromiter((a.w_deferred for a in flat), dtype=bool, count=n)
-    kind[deferred] = KIND_BI
-    chunk = np.fromiter((a.chunk for a in flat), dtype=np.int64, count=n)
-    mb = np.fromiter((a.mb for a in flat), dtype=np.int32, count=n)
-    lengths = [len(ops) for ops in atoms]
     rank = np.repeat(np.arange(len(ranks), dtype=np.int32), lengths)
-    seq = np.concatenate([np.arange(k, dtype=np.int64) for k in lengths]) if n else np.zeros(0, np.int64)
-    op_index = np.fromiter((i for o in op_of for i in o), dtype=np.int64, count=n)
-    pair = (np.fromiter((p for ps in paired for p in ps), dtype=bool, count=n) if paired
-            else np.zeros(n, dtype=bool))
+    seq = np.arange(n, dtype=np.int64) - np.repeat(np.cumsum([0] + lengths[:-1]), lengths)
+    if op_index is None:
+        op_index, pair = seq, np.zeros(n, dtype=bool)
+    code = {"F": KIND_F, "B": KIND_B, "W": KIND_W}
+    kind = np.array([KIND_BI if a.w_deferred else code[a.kind] for a in distinct], dtype=np.int8)[which]
+    chunk = np.array([a.chunk for a in distinct], dtype=np.int64)[which]
+    mb = np.array([a.mb for a in distinct], dtype=np.int32)[which]
     place = np.array(schedule.placement, dtype=np.int64)
     dirs = np.array(schedule.directions, dtype=np.int64)
     return _Flat(rank, seq, op_index, kind, place[rank, chunk].astype(np.int32),
@@ -105,34 +116,37 @@ def _flatten(schedule) -> _Flat:
 
 
 def _dependencies(schedule, flat: _Flat) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(consumer atoms, producer atoms) pairs, one per dependency slot, from ``graph.inputs``."""
-    fam = np.array([0, 1, 1, 2], dtype=np.int64)[flat.kind]
+    """(consumer atoms, producer atoms) pairs, one per dependency slot, from ``graph.inputs``.
+
+    Every atom has a key (family, stage, direction, mb); a dense table maps keys to atoms, and
+    the rule ``graph.inputs`` gives for one (family, stage, direction) is applied to all its
+    micro-batches at once.
+    """
+    fam = _FAMILY_OF_KIND[flat.kind]
     S, D = schedule.num_stages, 2
     M = int(flat.mb.max()) + 1 if len(flat.mb) else 1
-    code = ((fam * S + flat.stage) * D + flat.direction) * M + flat.mb
-    order = np.argsort(code, kind="stable")
-    sorted_code = code[order]
-    if len(sorted_code) > 1 and np.any(sorted_code[1:] == sorted_code[:-1]):
-        raise ScheduleError(f"{schedule.name}: an atom appears twice; run schedules.graph.validate")
     pattern = (fam * S + flat.stage) * D + flat.direction
+    code = pattern * M + flat.mb
+    table = np.full(3 * S * D * M, -1, dtype=np.int64)
+    table[code] = np.arange(len(code))
+    if len(code) and np.count_nonzero(table >= 0) != len(code):
+        raise ScheduleError(f"{schedule.name}: an atom appears twice; run schedules.graph.validate")
+    order = np.argsort(pattern.astype(np.int32), kind="stable")
+    values, first = np.unique(pattern[order], return_index=True)
     pairs = []
     names = {0: "F", 1: "B", 2: "W"}
-    for p in np.unique(pattern):
-        sel = np.nonzero(pattern == p)[0]
-        f, rest = divmod(int(p), S * D)
+    for p, sel in zip(values.tolist(), np.split(order, first[1:])):
+        f, rest = divmod(p, S * D)
         s, d = divmod(rest, D)
-        for slot in inputs(schedule, (names[f], s, d, 0)):
-            kind, ds, dd, dm = slot
+        for kind, ds, dd, dm in inputs(schedule, (names[f], s, d, 0)):
             if dm != 0:
                 raise ScheduleError("dependency rules that change the micro-batch are not supported")
-            want = ((_FAMILY[kind] * S + ds) * D + dd) * M + flat.mb[sel]
-            pos = np.searchsorted(sorted_code, want)
-            ok = (pos < len(sorted_code)) & (sorted_code[np.minimum(pos, len(sorted_code) - 1)] == want)
-            if not ok.all():
-                i = sel[np.nonzero(~ok)[0][0]]
+            prod = table[((_FAMILY[kind] * S + ds) * D + dd) * M + flat.mb[sel]]
+            if (prod < 0).any():
+                i = sel[np.nonzero(prod < 0)[0][0]]
                 raise ScheduleError(f"{schedule.name}: rank {flat.rank[i]} op {flat.op_index[i]} needs "
                                     f"{kind}(stage {ds}, mb {flat.mb[i]}), which no rank runs")
-            pairs.append((sel, order[pos]))
+            pairs.append((sel, prod))
     return pairs
 
 
@@ -159,6 +173,8 @@ def run(schedule, timing: Timing) -> Spans:
         cons, prod = cons[cross], prod[cross]
         if (dep[cons] >= 0).any():
             raise ScheduleError(f"{schedule.name}: an atom with two cross-rank inputs is not supported")
+        if (consumer[prod] >= 0).any():
+            raise ScheduleError(f"{schedule.name}: an output consumed on two other ranks is not supported")
         dep[cons] = prod
         delay[cons] = hop[flat.stage[prod]]
         consumer[prod] = cons
@@ -172,30 +188,47 @@ def run(schedule, timing: Timing) -> Spans:
             df, db = dur[i], dur[i + 1]
             scale = timing.fb[st[i]] / (df + db) if df + db > 0 else 0.0
             dur[i], dur[i + 1] = df * scale, db * scale
-    end = [None] * n
     bounds = np.searchsorted(flat.rank, np.arange(len(schedule.ranks) + 1)).tolist()
-    paired = flat.paired.tolist()
-    depl, delayl = dep.tolist(), delay.tolist()
-    durl = dur.tolist()
     env = simpy.Environment()
-    waiting: dict[int, simpy.Event] = {}
-    progress = list(bounds[:-1])
+    end: list = [None] * n
     starts = [0.0] * n
+    waiter: list = [None] * n          # the event a rank process waits on for atom i's end
+    depl, delayl, durl = dep.tolist(), delay.tolist(), dur.tolist()
+    new_event = env.event
 
-    def rank_process(r):
-        clock = 0.0
-        i, stop = bounds[r], bounds[r + 1]
-        while i < stop:
-            group = 2 if paired[i] else 1           # an FB's two atoms start together
-            t = clock
+    def walk(r, lo, hi):
+        """Rank r's atoms lo..hi-1, none of them half of an FB: the hot loop, kept minimal."""
+        t = 0.0
+        for i in range(lo, hi):
+            p = depl[i]
+            if p >= 0:
+                e = end[p]
+                if e is None:
+                    ev = waiter[p] = new_event()
+                    yield ev
+                    e = end[p]
+                e += delayl[i]
+                if e > t:
+                    t = e
+            starts[i] = t
+            t += durl[i]
+            end[i] = t
+            ev = waiter[i]
+            if ev is not None:
+                ev.succeed()
+
+    def walk_pairs(r, lo, hi):
+        """Like ``walk``, for a rank with FB ops: an FB's two atoms start together."""
+        t = 0.0
+        i = lo
+        while i < hi:
+            group = 2 if paired[i] else 1
             for j in range(i, i + group):
                 p = depl[j]
                 if p >= 0:
                     e = end[p]
-                    while e is None:
-                        ev = waiting.get(p)
-                        if ev is None:
-                            ev = waiting[p] = env.event()
+                    if e is None:
+                        ev = waiter[p] = new_event()
                         yield ev
                         e = end[p]
                     e += delayl[j]
@@ -205,23 +238,26 @@ def run(schedule, timing: Timing) -> Spans:
                 starts[j] = t
                 t += durl[j]
                 end[j] = t
-                ev = waiting.pop(j, None)
+                ev = waiter[j]
                 if ev is not None:
                     ev.succeed()
-            clock = t
             i += group
-            progress[r] = i
 
+    paired = flat.paired.tolist()
     for r in range(len(schedule.ranks)):
-        env.process(rank_process(r))
+        lo, hi = bounds[r], bounds[r + 1]
+        env.process((walk_pairs if any(paired[lo:hi]) else walk)(r, lo, hi))
     env.run()
-    stuck = [r for r in range(len(schedule.ranks)) if progress[r] < bounds[r + 1]]
-    if stuck:
-        detail = ", ".join(f"rank {r} at op {flat.op_index[progress[r]]} "
-                           f"({schedule.ranks[r][flat.op_index[progress[r]]]})" for r in stuck)
-        raise ScheduleError(f"{schedule.name}: deadlock, no rank can proceed: {detail}")
+    endv = np.array(end, dtype=np.float64)       # None (never ran) becomes nan
+    if np.isnan(endv).any():
+        undone = np.isnan(endv)
+        detail = []
+        for r in np.unique(flat.rank[undone]).tolist():
+            i = int(np.nonzero(undone & (flat.rank == r))[0][0])
+            k = int(flat.op_index[i])
+            detail.append(f"rank {r} at op {k} ({schedule.ranks[r][k]})")
+        raise ScheduleError(f"{schedule.name}: deadlock, no rank can proceed: {', '.join(detail)}")
     start = np.array(starts)
-    endv = np.array(end, dtype=np.float64)
     arrival = np.full(n, np.nan)
     has = consumer >= 0
     arrival[has] = endv[has] + hop[flat.stage[has]]

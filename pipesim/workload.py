@@ -69,9 +69,13 @@ def build_workload(sc, schedule=None) -> Workload:
     gran = sc.overheads.allocator_rounding
     hw, tm = sc.hardware, sc.timing
     f, b, w, hop, templates = [], [], [], [], {}
-    for s, c in enumerate(costs):
+    by_shape = {}   # stages that hold the same kinds of layers share their templates
+    for s, (c, p) in enumerate(zip(costs, plans)):
         rc = _recompute_flops(sc, c)
-        for kind, tpl in build_templates(c, rc, gran).items():
+        shape = (tuple(sc.model.is_moe(i) for i in p.layers), p.embedding, p.head, p.mtp)
+        if shape not in by_shape:
+            by_shape[shape] = build_templates(c, rc, gran)
+        for kind, tpl in by_shape[shape].items():
             templates[(s, kind)] = tpl
         fs = _seconds(tm.forward_ms, s, sum(L.flops_f for L in c.layers) / rate)
         bs = _seconds(tm.backward_ms, s, (sum(L.flops_b + L.flops_w for L in c.layers) + sum(rc)) / rate)

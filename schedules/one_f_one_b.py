@@ -22,16 +22,21 @@ def warmup(pp: int, microbatches: int, rank: int) -> int:
     return min(pp - rank - 1, microbatches)
 
 
-def rank_ops(pp: int, microbatches: int, rank: int) -> list[Op]:
+def rank_ops(pp: int, microbatches: int, rank: int, forwards=None, backwards=None) -> list[Op]:
+    """Rank ``rank``'s ops. ``forwards``/``backwards`` (F(0..M-1), B(0..M-1)) may be passed in
+    so that the ranks of one schedule slice the same two lists instead of each building its own."""
     M = microbatches
+    fs = forwards if forwards is not None else [F(m) for m in range(M)]
+    bs = backwards if backwards is not None else [B(m) for m in range(M)]
     w = warmup(pp, M, rank)
-    ops = [F(m) for m in range(w)]                       # 1. warm-up
-    for i in range(M - w):                               # 2. steady
-        ops += [F(w + i), B(i)]
-    ops += [B(m) for m in range(M - w, M)]               # 3. cool-down
-    return ops
+    steady = [None] * (2 * (M - w))                      # 2. steady: F(w + i), B(i)
+    steady[0::2] = fs[w:]
+    steady[1::2] = bs[:M - w]
+    return fs[:w] + steady + bs[M - w:]                  # 1. warm-up, 2., 3. cool-down
 
 
 def build(pp: int, microbatches: int, chunks: int | None = None) -> Schedule:
     check_one_chunk("1f1b", chunks)
-    return single_chunk("1f1b", pp, microbatches, [rank_ops(pp, microbatches, r) for r in range(pp)])
+    fs = [F(m) for m in range(microbatches)]
+    bs = [B(m) for m in range(microbatches)]
+    return single_chunk("1f1b", pp, microbatches, [rank_ops(pp, microbatches, r, fs, bs) for r in range(pp)])

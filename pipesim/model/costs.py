@@ -7,7 +7,8 @@ activation bytes (stored, transient) and FLOPs the simulator lays over time.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import lru_cache
 
 from pipesim.model import activations as act
 from pipesim.model.config import ModelConfig, ParallelConfig, TrainingConfig
@@ -48,14 +49,20 @@ class StageCosts:
     layers: tuple[LayerCosts, ...]    # execution order: embedding, layers, MTP, head
 
 
-def _layer(m, p, t, name: str, kind: str) -> LayerCosts:
+@lru_cache(maxsize=64)
+def _kind_costs(m, p, t, kind: str) -> LayerCosts:
+    """A layer's costs depend on its kind, not its index: computed once per (config, kind)."""
     a = act.layer_activations(m, p, t, kind)
     fl = layer_flops(m, p, t, kind)
-    return LayerCosts(name=name, stored_bytes=a.stored, stored_by_module=a.stored_by_module,
+    return LayerCosts(name=kind, stored_bytes=a.stored, stored_by_module=a.stored_by_module,
                       w_bytes=a.w, forward_transient_bytes=a.forward_transient,
                       recompute_bytes=a.recompute, backward_transient_bytes=a.backward_transient,
                       a2a_bytes=a.a2a, flops_f=fl.f, flops_b=fl.b,
                       flops_w=fl.w)
+
+
+def _layer(m, p, t, name: str, kind: str) -> LayerCosts:
+    return replace(_kind_costs(m, p, t, kind), name=name)
 
 
 def stage_costs(model: ModelConfig, parallel: ParallelConfig, training: TrainingConfig, layers,
