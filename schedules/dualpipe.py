@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from schedules.ops import FB, Op, Schedule, ScheduleError
+from schedules.ops import B, F, FB_of, Op, Schedule, ScheduleError, W
 
 __all__ = ["build_dualpipe", "build_dualpipev", "step_iterations"]
 
@@ -57,7 +57,11 @@ def step_iterations(H: int, h: int, C: int) -> tuple[int, ...]:
 
 
 class _RankProgram:
-    """Accumulates one rank's ops, numbering micro-batches per chunk and queueing deferred Ws."""
+    """Accumulates one rank's ops, numbering micro-batches per chunk and queueing deferred Ws.
+
+    Ops come from the shared factories (``F``, ``B``, ``W``, ``FB_of``): a DualPipe rank repeats
+    few distinct ops, and constructing a frozen dataclass per slot dominated the build time.
+    """
 
     def __init__(self, flip: int) -> None:
         self._flip = flip  # chunk = local phase XOR flip
@@ -66,34 +70,38 @@ class _RankProgram:
         self._pending_w: deque[tuple[int, int]] = deque()
         self.ops: list[Op] = []
 
-    def _fwd(self, phase: int) -> Op:
+    def _take_f(self, phase: int) -> tuple[int, int]:
+        """(micro-batch, chunk) of the phase's next forward."""
         chunk = phase ^ self._flip
         mb = self._next_f[chunk]
-        self._next_f[chunk] += 1
-        return Op("F", mb, chunk)
+        self._next_f[chunk] = mb + 1
+        return mb, chunk
 
-    def _bwd(self, phase: int, defer_w: bool) -> Op:
+    def _take_b(self, phase: int, defer_w: bool) -> tuple[int, int]:
+        """(micro-batch, chunk) of the phase's next backward; queues its W if deferred."""
         chunk = phase ^ self._flip
         mb = self._next_b[chunk]
-        self._next_b[chunk] += 1
+        self._next_b[chunk] = mb + 1
         if defer_w:
             self._pending_w.append((mb, chunk))
-        return Op("B", mb, chunk, defer_w)
+        return mb, chunk
 
     def f(self, phase: int) -> None:
-        self.ops.append(self._fwd(phase))
+        self.ops.append(F(*self._take_f(phase)))
 
     def b(self, phase: int, defer_w: bool = False) -> None:
-        self.ops.append(self._bwd(phase, defer_w))
+        mb, chunk = self._take_b(phase, defer_w)
+        # B's cache keys on how it is called: spell full backwards as FB_of does, so they share
+        self.ops.append(B(mb, chunk, w_deferred=True) if defer_w else B(mb, chunk))
 
     def fb(self, f_phase: int, b_phase: int) -> None:
         # The forward is taken before the backward, as in the reference's pre-forward/pre-backward.
-        fwd = self._fwd(f_phase)
-        self.ops.append(FB(fwd, self._bwd(b_phase, False)))
+        f_mb, f_chunk = self._take_f(f_phase)
+        b_mb, b_chunk = self._take_b(b_phase, False)
+        self.ops.append(FB_of(f_mb, f_chunk, b_mb, b_chunk))
 
     def w(self) -> None:
-        mb, chunk = self._pending_w.popleft()
-        self.ops.append(Op("W", mb, chunk))
+        self.ops.append(W(*self._pending_w.popleft()))
 
     @property
     def pending_w(self) -> int:

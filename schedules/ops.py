@@ -74,6 +74,16 @@ def FB(forward: Op, backward: Op) -> Op:
     return Op("FB", forward.mb, forward.chunk, False, forward, backward)
 
 
+@lru_cache(maxsize=None)
+def FB_of(f_mb: int, f_chunk: int, b_mb: int, b_chunk: int) -> Op:
+    """The shared ``FB(F(f_mb, f_chunk), B(b_mb, b_chunk))``, for builders that emit many.
+
+    Keyed by integers, not ops: hashing an ``Op`` runs the dataclass's Python ``__hash__``, which
+    would cost more than building the op afresh.
+    """
+    return FB(F(f_mb, f_chunk), B(b_mb, b_chunk))
+
+
 _TOKEN = re.compile(r"^([FBW])(\d+)\.(\d+)(\*?)$")
 
 

@@ -14,6 +14,7 @@ import pytest
 import schedules
 from schedules import ScheduleError
 from schedules.graph import validate
+from schedules.ops import B, F, FB, FB_of
 
 PPS = (1, 2, 3, 4, 8, 16)
 CHUNKS = {"interleaved": (None, 3, 4)}
@@ -127,3 +128,18 @@ def test_hand_written_small_orders():
         "r0: F0.0 F0.1 F0.2 F1.0 B1.0* W1.0 F1.1 B1.1* W1.1 B0.0* W0.0 F1.2 B1.2* W1.2 B0.1* W0.1 B0.2* W0.2",
         "r1: F0.0 F1.0 F0.1 F1.1 B1.0* W1.0 F0.2 B0.0* W0.0 F1.2 B1.1* W1.1 B0.1* B1.2* B0.2* W0.1 W1.2 W0.2",
     ]
+
+
+def test_fb_of_is_the_shared_fb_of_its_halves():
+    fb = FB_of(3, 0, 1, 1)
+    assert fb == FB(F(3, 0), B(1, 1)) and str(fb) == "[F0.3&B1.1]"
+    assert fb is FB_of(3, 0, 1, 1) and fb.forward is F(3, 0) and fb.backward is B(1, 1)
+
+
+@pytest.mark.parametrize("name", ["dualpipe", "dualpipev"])
+def test_dualpipe_families_share_equal_ops(name):
+    # the simulator reads each distinct op object once; equal ops (and FB halves) must be one object
+    ops = [op for rank in schedules.build(name, 4, 16).ranks for op in rank]
+    atoms = [a for op in ops for a in op.atoms()]
+    for group in (ops, atoms):
+        assert len({id(op) for op in group}) == len(set(group))
