@@ -16,8 +16,13 @@ Lifetimes (per layer j of a stage, per micro-batch):
 - gather: ZeRO os+g+params all-gathered weights of the running layer.
 - logits: the head's FP32 logits, from the head's forward to the end of its backward (the loss
   gradient needs the softmax).
-- p2p: a stage-boundary tensor in transit: on the sender from its op's end to arrival, on the
-  receiver from arrival until the consuming op starts (it then becomes that op's input).
+- p2p: stage-boundary tensors between ranks. The host takes and returns these buffers between
+  ops, so they change only at op boundaries (a "slot" between two consecutive ops of a rank):
+  the sender holds its op's output from that op's end until the start of the first op it
+  launches after the transfer has arrived (or, with nothing left to launch, until arrival or its
+  last op's end, whichever is later); the receiver posts its receive buffer when the op before
+  the consumer ends (at t = 0 if the consumer is its first op) and hands it to the consumer
+  when that starts. In a slot, allocations come before releases (they are never later in time).
 - weights, grads, optimizer, comm_buffers: static, from t = 0.
 Fragmentation is not a ledger entry: it is ``fraction × allocated`` and is added by ``Result``.
 Every delta is rounded up to the allocator's granularity, the same on allocation and release.
@@ -140,20 +145,76 @@ class Ledger:
         return len(self.time)
 
 
-_POS_BITS = 24   # template positions per atom < 2**24; orders records of one atom
+@dataclass(frozen=True)
+class P2PRecords:
+    """The p2p records of a step, in ledger order: by ``slot``, allocations before releases.
+
+    ``slot = a + rank[a]`` means "just before atom a"; ``a`` may be one past the rank's last atom
+    (the slot after it): the ``+ rank`` keeps one rank's end apart from the next rank's start.
+    """
+
+    time: np.ndarray      # float64 seconds
+    rank: np.ndarray      # int32
+    delta: np.ndarray     # int64 bytes
+    slot: np.ndarray      # int64
+    atom: np.ndarray      # int64: the atom that sent or receives the tensor
+
+    def __len__(self) -> int:
+        return len(self.time)
 
 
-def build_ledger(spans, templates, static_bytes, p2p_records) -> Ledger:
+def p2p_records(spans, boundary_bytes) -> P2PRecords:
+    """The p2p buffers of every cross-rank edge (see the module docstring for their lifetimes).
+
+    Per edge producer p -> consumer c (b = the boundary bytes of p's stage):
+        sender:   +b at end[p], slot after p;   -b at start[q], slot before q, q the first atom
+                  after p with start[q] >= arrival (none: at max(arrival, rank's last end), last slot)
+        receiver: +b at end[c - 1], slot before c (t = 0 if c is the rank's first atom);
+                  -b at start[c], slot before c
+    """
+    rank = spans.rank.astype(np.int64)
+    n, ranks = len(rank), (int(rank.max()) + 1 if len(rank) else 0)
+    bounds = np.searchsorted(rank, np.arange(ranks + 1))
+    nbytes = np.asarray(boundary_bytes, dtype=np.int64)
+    send = np.nonzero(spans.consumer >= 0)[0]
+    recv = np.nonzero(spans.producer >= 0)[0]
+    last = bounds[rank[send] + 1]                     # one past the sender rank's last atom
+    # the first atom after p that starts no earlier than arrival (usually p + 1 or p + 2)
+    q = send + 1
+    arrival = spans.arrival[send]
+    while True:
+        inside = q < last
+        later = inside & (spans.start[np.minimum(q, n - 1)] < arrival)
+        if not later.any():
+            break
+        q = q + later
+    inside = q < last
+    rank_end = spans.end[last - 1]
+    release = np.where(inside, spans.start[np.minimum(q, n - 1)], np.maximum(arrival, rank_end))
+    first = bounds[rank[recv]] == recv
+    posted = np.where(first, 0.0, spans.end[np.maximum(recv - 1, 0)])
+    b_send = nbytes[spans.stage[send]]
+    b_recv = nbytes[spans.stage[spans.producer[recv]]]
+    slot_s = rank[send]
+    time = np.concatenate([spans.end[send], posted, release, spans.start[recv]])
+    rk = np.concatenate([slot_s, rank[recv], slot_s, rank[recv]])
+    delta = np.concatenate([b_send, b_recv, -b_send, -b_recv])
+    slot = np.concatenate([send + 1, recv, q, recv]) + rk
+    atom = np.concatenate([send, recv, send, recv])
+    # four runs, each already in slot order: a stable sort merges them
+    order = np.argsort(slot * 2 + (delta < 0), kind="stable")
+    return P2PRecords(time[order], rk[order].astype(np.int32), delta[order], slot[order], atom[order])
+
+
+def build_ledger(spans, templates, static_bytes, p2p: P2PRecords) -> Ledger:
     """Lay the templates over the op spans and merge in static and p2p records.
 
     ``spans``: ``pipesim.simulator.Spans`` (one row per atom, rank-major, in execution order);
-    ``templates[(stage, kind)]``; ``static_bytes[rank][category]``; ``p2p_records``: arrays
-    ``(time, rank, delta, atom, order)`` where ``order`` -1 places a record before its atom's own
-    template records at equal times and +1 after them.
+    ``templates[(stage, kind)]``; ``static_bytes[rank][category]``; ``p2p``: ``p2p_records``.
 
     A rank runs its atoms one after another, so laying each atom's (time-sorted) template at its
-    span yields a stream already in causal order: no sort is needed. Only the p2p records (which
-    happen at arrival times) are merged in, by binary search on (time, atom seq, position).
+    span yields a stream already in causal order: no sort is needed. The p2p records go into
+    their slots between atoms.
     """
     n_atoms = len(spans.start)
     tlen = np.zeros(n_atoms, dtype=np.int64)
@@ -180,12 +241,11 @@ def build_ledger(spans, templates, static_bytes, p2p_records) -> Ledger:
     cat = np.zeros(total, dtype=np.int8)
     delta = np.zeros(total, dtype=np.int64)
     atom = np.full(total, -1, dtype=np.int64)
-    key = np.zeros(total, dtype=np.int64)           # seq << _POS_BITS | position, for merging
     for r, by_cat in enumerate(static_bytes):
         at = block_start[r]
         for name, nbytes in by_cat.items():
             if nbytes:
-                cat[at], delta[at], key[at] = CAT[name], nbytes, -1
+                cat[at], delta[at] = CAT[name], nbytes
                 at += 1
     for idx, tpl in groups.values():
         m = len(tpl.delta)
@@ -197,27 +257,17 @@ def build_ledger(spans, templates, static_bytes, p2p_records) -> Ledger:
         cat[where] = np.tile(tpl.cat, len(idx))
         delta[where] = np.tile(tpl.delta, len(idx))
         atom[where] = np.repeat(idx, m)
-        key[where] = ((spans.seq[idx][:, None] << _POS_BITS) + np.arange(m)[None, :]).ravel()
-    p_time, p_rank, p_delta, p_atom, p_order = p2p_records
-    if len(p_time):
-        p_key = (spans.seq[p_atom] << _POS_BITS) + np.where(p_order < 0, -1, (1 << _POS_BITS) - 1)
-        order = np.lexsort((p_key, p_time, p_rank))
-        p_time, p_rank, p_delta, p_atom, p_key = (x[order] for x in (p_time, p_rank, p_delta, p_atom, p_key))
-        bounds = np.concatenate([block_start, [total]])
-        pos = np.empty(len(p_time), dtype=np.int64)
-        for r in range(ranks):
-            lo_q, hi_q = np.searchsorted(p_rank, [r, r + 1])
-            if lo_q == hi_q:
-                continue
-            b0, b1 = bounds[r], bounds[r + 1]
-            tq, kq = p_time[lo_q:hi_q], p_key[lo_q:hi_q]
-            tb, kb = time[b0:b1], key[b0:b1]
-            lo = np.searchsorted(tb, tq, "left")
-            hi = np.searchsorted(tb, tq, "right")
-            pos[lo_q:hi_q] = b0 + np.clip(np.searchsorted(kb, kq, "left"), lo, hi)
-        time = np.insert(time, pos, p_time)
-        rank = np.insert(rank, pos, p_rank.astype(np.int32))
+    if len(p2p):
+        # slot a + r (before atom a of rank r) sits at atom a's first record; the slot after a
+        # rank's last atom at the end of its block
+        a = p2p.slot - p2p.rank
+        r = p2p.rank.astype(np.int64)
+        after_last = a == np.searchsorted(rank_of_atom, r, "right")
+        first_record = np.append(atom_off, 0)[np.where(after_last, n_atoms, a)]
+        pos = np.where(after_last, block_start[r] + block[r], first_record)
+        time = np.insert(time, pos, p2p.time)
+        rank = np.insert(rank, pos, p2p.rank)
         cat = np.insert(cat, pos, CAT["p2p"])
-        delta = np.insert(delta, pos, p_delta)
-        atom = np.insert(atom, pos, p_atom)
+        delta = np.insert(delta, pos, p2p.delta)
+        atom = np.insert(atom, pos, p2p.atom)
     return Ledger(time, rank, cat, delta, atom)

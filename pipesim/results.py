@@ -1,9 +1,11 @@
 """``Result``: what one simulated step says about memory, built after the run with numpy.
 
-Per rank, the ledger's records (already in causal order) are cumulated per category; the total
-allocated is their sum and fragmentation adds ``fraction × allocated`` on top. The peak is the
-first record at which the total is highest; its breakdown is the per-category level there, and
-the op in flight is the atom whose span holds that record.
+The total allocated on a rank is the running sum of its ledger records; fragmentation adds
+``fraction × allocated`` on top (a strictly increasing function, so it peaks where the
+allocated bytes do). The peak is the first record at which the total is highest, its breakdown
+the per-category level there, the op in flight the atom whose span holds it. Peaks are found per
+atom (``pipesim.peaks``); the ledger itself, one record per layer, is built only when a
+timeline is asked for (plots, ``timeline.csv``).
 """
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ from functools import cached_property
 
 import numpy as np
 
-from pipesim.memory import CATEGORIES, GIB, STATIC
+from pipesim.memory import CATEGORIES, GIB, STATIC, build_ledger
+from pipesim.peaks import find_peaks
 
 
 @dataclass(frozen=True)
@@ -38,14 +41,23 @@ class RankPeak:
 class Result:
     """The outcome of ``pipesim.simulate(scenario)``."""
 
-    def __init__(self, scenario, workload, spans, ledger):
+    def __init__(self, scenario, workload, spans, p2p):
         self.scenario = scenario
         self.workload = workload
         self.spans = spans
-        self.ledger = ledger
+        self.p2p = p2p
         self.capacity_bytes = int(scenario.hardware.memory_gib * GIB)
         self.fragmentation = scenario.overheads.fragmentation
-        self._bounds = np.searchsorted(ledger.rank, np.arange(workload.schedule.pp + 1))
+
+    @cached_property
+    def ledger(self):
+        """Every allocation and release, per layer (``pipesim.memory.Ledger``); built on demand."""
+        wl = self.workload
+        return build_ledger(self.spans, wl.templates, wl.static, self.p2p)
+
+    @cached_property
+    def _bounds(self) -> np.ndarray:
+        return np.searchsorted(self.ledger.rank, np.arange(self.ranks + 1))
 
     @property
     def ranks(self) -> int:
@@ -68,48 +80,46 @@ class Result:
         deltas = np.zeros((len(cats), len(CATEGORIES)), dtype=np.int64)
         deltas[np.arange(len(cats)), cats] = self.ledger.delta[rec]
         levels = np.cumsum(deltas, axis=0)
-        frag = np.ceil(levels.sum(axis=1) * self.fragmentation).astype(np.int64)
+        frag = self.fragmentation_bytes(levels.sum(axis=1))
         return self.ledger.time[rec], np.column_stack([levels, frag])
 
     def total(self, rank: int) -> tuple[np.ndarray, np.ndarray]:
         """``(times, bytes)``: the rank's total (allocated + fragmentation) after each record."""
         rec = self.records(rank)
         alloc = np.cumsum(self.ledger.delta[rec])
-        return self.ledger.time[rec], alloc + np.ceil(alloc * self.fragmentation).astype(np.int64)
+        return self.ledger.time[rec], alloc + self.fragmentation_bytes(alloc)
+
+    def fragmentation_bytes(self, allocated):
+        """What fragmentation adds on top of ``allocated`` bytes: ``ceil(fraction × allocated)``."""
+        return np.ceil(np.asarray(allocated) * self.fragmentation).astype(np.int64)
 
     @cached_property
     def peaks(self) -> tuple[RankPeak, ...]:
+        wl, sch = self.workload, self.workload.schedule
         out = []
-        sch = self.workload.schedule
-        for r in range(self.ranks):
-            lo = self.records(r).start
-            _, tot = self.total(r)
-            i = int(np.argmax(tot))
-            cats = self.ledger.cat[lo:lo + i + 1]
-            levels = np.bincount(cats, weights=self.ledger.delta[lo:lo + i + 1],
-                                 minlength=len(CATEGORIES))
-            breakdown = {c: int(round(v)) for c, v in zip(CATEGORIES, levels)}
-            breakdown["fragmentation"] = int(tot[i] - sum(breakdown.values()))
-            t = float(self.ledger.time[lo + i])
-            out.append(RankPeak(r, int(tot[i]), t, self._op_at(r, lo + i),
-                                tuple(sch.stage(r, c) for c in range(len(sch.placement[r]))), breakdown))
+        for p in find_peaks(self.spans, wl.templates, wl.static, self.p2p):
+            breakdown = {c: int(v) for c, v in zip(CATEGORIES, p.by_category.tolist())}
+            frag = int(self.fragmentation_bytes(p.allocated))
+            breakdown["fragmentation"] = frag
+            out.append(RankPeak(p.rank, p.allocated + frag, p.time, self._op_at(p.rank, p.atom, p.time),
+                                tuple(sch.stage(p.rank, c) for c in range(len(sch.placement[p.rank]))),
+                                breakdown))
         return tuple(out)
 
-    def _op_at(self, rank: int, rec: int) -> str:
-        """The op the rank is running at ledger record ``rec`` ("idle" between ops)."""
-        atom = int(self.ledger.atom[rec])
-        t = self.ledger.time[rec]
-        if atom < 0 or not (self.spans.start[atom] <= t <= self.spans.end[atom]) or self.spans.rank[atom] != rank:
+    def _op_at(self, rank: int, atom: int, t: float) -> str:
+        """The op the rank is running at time t, preferring ``atom`` ("idle" between ops)."""
+        sp = self.spans
+        if atom < 0 or not (sp.start[atom] <= t <= sp.end[atom]) or sp.rank[atom] != rank:
             # a p2p record or a static one: find the atom of this rank spanning t
-            sel = np.nonzero((self.spans.rank == rank) & (self.spans.start <= t) & (self.spans.end >= t))[0]
+            sel = np.nonzero((sp.rank == rank) & (sp.start <= t) & (sp.end >= t))[0]
             if len(sel) == 0:
                 return "idle"
             atom = int(sel[-1])
-        op = self.workload.schedule.ranks[rank][int(self.spans.op_index[atom])]
-        kind = ("F", "B", "B (input grad)", "W")[int(self.spans.kind[atom])]
-        text = f"{kind} mb {int(self.spans.mb[atom])} stage {int(self.spans.stage[atom])}"
+        op = self.workload.schedule.ranks[rank][int(sp.op_index[atom])]
+        kind = ("F", "B", "B (input grad)", "W")[int(sp.kind[atom])]
+        text = f"{kind} mb {int(sp.mb[atom])} stage {int(sp.stage[atom])}"
         if self.workload.schedule.num_directions > 1:
-            text += f" dir {int(self.spans.direction[atom])}"
+            text += f" dir {int(sp.direction[atom])}"
         return text + (f" in {op}" if op.kind == "FB" else "")
 
     @cached_property

@@ -46,6 +46,7 @@ class Spans:
     start: np.ndarray      # float64 seconds
     end: np.ndarray        # float64 seconds
     consumer: np.ndarray   # int64: the cross-rank atom that receives this atom's output (-1: none)
+    producer: np.ndarray   # int64: the cross-rank atom whose output this atom receives (-1: none)
     arrival: np.ndarray    # float64: when that output arrives there (nan: none)
 
 
@@ -262,4 +263,4 @@ def run(schedule, timing: Timing) -> Spans:
     has = consumer >= 0
     arrival[has] = endv[has] + hop[flat.stage[has]]
     return Spans(flat.rank, flat.seq, flat.op_index, flat.kind, flat.stage, flat.chunk,
-                 flat.direction, flat.mb, start, endv, consumer, arrival)
+                 flat.direction, flat.mb, start, endv, consumer, dep, arrival)

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
 from pipesim.memory import GIB, build_templates, round_up
 from pipesim.model import StageCosts, stage_costs
 from pipesim.placement import StagePlan, stage_plans
@@ -98,22 +96,3 @@ def build_workload(sc, schedule=None) -> Workload:
         static.append(by_cat)
     return Workload(schedule, plans, costs, timing, templates, tuple(static),
                     tuple(round_up(c.boundary_bytes, gran) for c in costs))
-
-
-def p2p_records(spans, boundary_bytes) -> tuple[np.ndarray, ...]:
-    """Ledger records of boundary tensors in transit (see ``pipesim.memory``).
-
-    Sender: +bytes at its atom's end, -bytes at arrival. Receiver: +bytes at arrival, -bytes
-    when the consuming atom starts. Returns ``(time, rank, delta, atom, order)``.
-    """
-    send = np.nonzero(spans.consumer >= 0)[0]
-    recv = spans.consumer[send]
-    nbytes = np.asarray(boundary_bytes, dtype=np.int64)[spans.stage[send]]
-    arrival = spans.arrival[send]
-    time = np.concatenate([spans.end[send], arrival, arrival, spans.start[recv]])
-    rank = np.concatenate([spans.rank[send], spans.rank[send], spans.rank[recv], spans.rank[recv]])
-    delta = np.concatenate([nbytes, -nbytes, nbytes, -nbytes])
-    atom = np.concatenate([send, send, recv, recv])
-    ones = np.ones(len(send), dtype=np.int64)
-    order = np.concatenate([ones, ones, -ones, -ones])
-    return time, rank.astype(np.int32), delta, atom.astype(np.int64), order

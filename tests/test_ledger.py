@@ -1,9 +1,8 @@
 """The ledger of a tiny hand-made case, record for record (SimPy's habit: assert whole logs)."""
 import schedules
-from pipesim.memory import CATEGORIES, build_ledger, build_templates
+from pipesim.memory import CATEGORIES, build_ledger, build_templates, p2p_records
 from pipesim.model import LayerCosts, StageCosts
 from pipesim.simulator import Timing, run
-from pipesim.workload import p2p_records
 
 
 def _stage(name):
@@ -32,14 +31,18 @@ def _ledger(name, microbatches=1):
 def test_gpipe_two_ranks_one_microbatch_whole_ledger():
     # Worked by hand: rank 0 F [0,1]; arrives at rank 1 at 1.5; rank 1 F [1.5,2.5], B [2.5,4.5];
     # the gradient arrives at rank 0 at 5.0; rank 0 B [5.0,7.0].
+    # p2p (8 bytes): rank 0 sends F's output at 1.0 and gets it back at the start of its next op
+    # (5.0, after the 1.5 arrival); it posts B's receive when F ends (1.0) and hands it to B at
+    # 5.0. Rank 1 posts F's receive at 0 (F is its first op), hands it over at 1.5; it sends B's
+    # output at 4.5 and, with no op left, gets the buffer back at the 5.0 arrival.
     expected = [
         (0.0, 0, "weights", 1000),
         (0.0, 0, "activations", 100), (0.0, 0, "workspace", 10), (1.0, 0, "workspace", -10),
-        (1.0, 0, "p2p", 8), (1.5, 0, "p2p", -8),                      # send buffer in transit
-        (5.0, 0, "p2p", 8), (5.0, 0, "p2p", -8),                      # gradient received, consumed
+        (1.0, 0, "p2p", 8), (1.0, 0, "p2p", 8),                       # send F, post B's receive
+        (5.0, 0, "p2p", -8), (5.0, 0, "p2p", -8),                     # send done, B takes its input
         (5.0, 0, "workspace", 20), (7.0, 0, "workspace", -20), (7.0, 0, "activations", -100),
         (0.0, 1, "weights", 1000),
-        (1.5, 1, "p2p", 8), (1.5, 1, "p2p", -8),
+        (0.0, 1, "p2p", 8), (1.5, 1, "p2p", -8),
         (1.5, 1, "activations", 100), (1.5, 1, "workspace", 10), (2.5, 1, "workspace", -10),
         (2.5, 1, "workspace", 20), (4.5, 1, "workspace", -20), (4.5, 1, "activations", -100),
         (4.5, 1, "p2p", 8), (5.0, 1, "p2p", -8),

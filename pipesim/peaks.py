@@ -1,0 +1,131 @@
+"""Per-rank memory peaks straight from the op spans, without writing out the ledger.
+
+The ledger (``pipesim.memory.build_ledger``) has one record per layer-level allocation or
+release: ~27 per atom for DeepSeek-V3, ~870k for 1F1B at pp 16 x 1024. Its peaks can be found
+per atom instead of per record, because every atom's records come from one template T of its
+(stage, kind) and nothing else happens inside an atom (p2p records sit in the slots between
+atoms):
+
+    level after record k of atom a  =  level before a  +  C_T[k]        C_T = cumsum(delta_T)
+
+so atom a's highest record is ``before(a) + max(C_T)``, at T's first argmax. A slot's records
+are allocations, then releases, so its highest record is its last allocation: ``before(slot) +
+Σ allocations``. A rank's stream is therefore ``slot, atom, slot, atom, ..., slot``: one net
+and one "highest above the level before" per unit, cumulated with numpy. The peak is the first
+unit holding the rank's maximum (the record found in its template or slot), its breakdown the
+static bytes plus the category nets of every unit before it. This is exactly the record that
+``cumsum`` + first ``argmax`` over the ledger finds (the tests compare the two on every
+schedule), at a cost per atom instead of per layer.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipesim.memory import CAT, CATEGORIES
+
+_NONE = np.iinfo(np.int64).min // 4   # "not a candidate": below any real level
+
+
+@dataclass(frozen=True)
+class PeakRecord:
+    """Where one rank peaks: allocated bytes there (before fragmentation), the record's time and
+    atom, and the allocated bytes per category (``CATEGORIES`` order) at that record."""
+
+    rank: int
+    allocated: int
+    time: float
+    atom: int                 # -1: a static record
+    by_category: np.ndarray   # int64, len(CATEGORIES)
+
+
+def _template_table(templates: dict, keys) -> dict:
+    """Per distinct template: net, highest prefix, its first index, category nets."""
+    ncat = len(CATEGORIES)
+    net, top, top_at = [], [], []
+    by_cat, by_cat_top = np.zeros((len(keys), ncat), np.int64), np.zeros((len(keys), ncat), np.int64)
+    for i, k in enumerate(keys):
+        t = templates[k]
+        c = np.cumsum(t.delta)
+        net.append(int(c[-1]) if len(c) else 0)
+        j = int(np.argmax(c)) if len(c) else -1
+        top.append(int(c[j]) if len(c) else _NONE)
+        top_at.append(j)
+        np.add.at(by_cat[i], t.cat.astype(np.int64), t.delta)
+        np.add.at(by_cat_top[i], t.cat[:j + 1].astype(np.int64), t.delta[:j + 1])
+    return {"net": np.array(net, np.int64), "top": np.array(top, np.int64),
+            "top_at": top_at, "by_cat": by_cat, "by_cat_top": by_cat_top}
+
+
+def find_peaks(spans, templates: dict, static_bytes, p2p) -> list[PeakRecord]:
+    """The peak record of every rank, as ``build_ledger`` + cumulative sum + first argmax would
+    find it (same inputs as ``build_ledger``)."""
+    ranks = len(static_bytes)
+    n = len(spans.start)
+    rank = spans.rank.astype(np.int64)
+    bounds = np.searchsorted(rank, np.arange(ranks + 1))
+    # each atom's template, as an index into the distinct (stage, kind) pairs it uses
+    code = spans.stage.astype(np.int64) * 4 + spans.kind
+    used, tid = np.unique(code, return_inverse=True)
+    keys = [(int(u) // 4, int(u) % 4) for u in used.tolist()]
+    tab = _template_table(templates, keys)
+
+    # slots: p2p records are in slot order, allocations first
+    n_slots = n + ranks
+    s_net = np.bincount(p2p.slot, weights=p2p.delta, minlength=n_slots).round().astype(np.int64)
+    s_alloc = np.bincount(p2p.slot, weights=np.maximum(p2p.delta, 0), minlength=n_slots).round().astype(np.int64)
+
+    # units in causal order: rank r holds 2·(its atoms) + 1 positions, slot before atom a at
+    # 2a + r, atom a at 2a + r + 1, the rank's last slot at 2·bounds[r+1] + r
+    total = 2 * n + ranks
+    slot_pos = 2 * np.arange(n_slots) - np.repeat(np.arange(ranks), np.diff(bounds) + 1)
+    atom_pos = 2 * np.arange(n) + rank + 1
+    net = np.empty(total, np.int64)
+    high = np.empty(total, np.int64)
+    net[slot_pos], net[atom_pos] = s_net, tab["net"][tid]
+    high[slot_pos] = np.where(s_alloc > 0, s_alloc, _NONE)
+    high[atom_pos] = tab["top"][tid]
+    cum = np.cumsum(net)
+    before = cum - net
+    u_bounds = 2 * bounds + np.arange(ranks + 1)
+    base = before[np.minimum(u_bounds[:-1], total - 1)] if total else np.zeros(ranks, np.int64)
+    high = before + high        # candidates' highest level, relative to the rank's own zero
+
+    p_key = p2p.slot * 2 + (p2p.delta < 0)
+    p_cum = np.concatenate([[0], np.cumsum(p2p.delta)])
+    p_bounds = np.searchsorted(p2p.slot, bounds + np.arange(ranks + 1))  # slot of a rank's first atom
+    out = []
+    for r in range(ranks):
+        statics = np.zeros(len(CATEGORIES), np.int64)
+        for name, nbytes in static_bytes[r].items():
+            statics[CAT[name]] += nbytes
+        static_total = int(statics.sum())
+        lo, hi = int(u_bounds[r]), int(u_bounds[r + 1])
+        u = lo + int(np.argmax(high[lo:hi])) if hi > lo else -1
+        dyn = int(high[u] - base[r]) if u >= 0 else 0
+        if u < 0 or dyn <= 0:
+            out.append(PeakRecord(r, static_total, 0.0, -1, statics))
+            continue
+        k = u - r
+        a = k // 2                         # the atom of the unit, or the one the slot precedes
+        cats = statics + np.bincount(tid[int(bounds[r]):a], minlength=len(keys)) @ tab["by_cat"]
+        if k % 2 == 0:                     # a slot: its last allocation
+            s = a + r
+            j = int(np.searchsorted(p_key, 2 * s + 1)) - 1
+            time, atom = float(p2p.time[j]), int(p2p.atom[j])
+            upto = j + 1
+        else:                              # an atom: its template's highest record
+            t = int(tid[a])
+            i = tab["top_at"][t]
+            tpl = templates[keys[t]]
+            time = float(spans.start[a] + tpl.frac[i] * (spans.end[a] - spans.start[a]))
+            atom = a
+            cats += tab["by_cat_top"][t]
+            upto = int(np.searchsorted(p2p.slot, a + r, "right"))
+        cats[CAT["p2p"]] += int(p_cum[upto] - p_cum[p_bounds[r]])
+        allocated = static_total + dyn
+        if int(cats.sum()) != allocated:
+            raise AssertionError(f"rank {r}: breakdown {int(cats.sum())} != peak {allocated}")
+        out.append(PeakRecord(r, allocated, time, atom, cats))
+    return out
