@@ -17,7 +17,10 @@ per (kind, stage, direction) and its answer applied to every micro-batch at once
 """
 from __future__ import annotations
 
+import gc
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from itertools import chain
 
 import numpy as np
@@ -151,6 +154,22 @@ def _dependencies(schedule, flat: _Flat) -> list[tuple[np.ndarray, np.ndarray]]:
     return pairs
 
 
+@contextmanager
+def _collector_paused():
+    """Pause Python's cyclic garbage collector while the rank processes run.
+
+    A step creates tens of thousands of short-lived SimPy events, and the collector would walk
+    every live object many times over (~10% of the run); nothing in the run needs it, and
+    whatever cycles it leaves are collected once it is back on."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def run(schedule, timing: Timing) -> Spans:
     """Simulate the step; return the spans of every atom. Raises ScheduleError on deadlock."""
     flat = _flatten(schedule)
@@ -195,7 +214,7 @@ def run(schedule, timing: Timing) -> Spans:
     starts = [0.0] * n
     waiter: list = [None] * n          # the event a rank process waits on for atom i's end
     depl, delayl, durl = dep.tolist(), delay.tolist(), dur.tolist()
-    new_event = env.event
+    new_event = partial(simpy.Event, env)
 
     def walk(r, lo, hi):
         """Rank r's atoms lo..hi-1, none of them half of an FB: the hot loop, kept minimal."""
@@ -216,6 +235,7 @@ def run(schedule, timing: Timing) -> Spans:
             end[i] = t
             ev = waiter[i]
             if ev is not None:
+                waiter[i] = None       # let the event go as soon as it has fired
                 ev.succeed()
 
     def walk_pairs(r, lo, hi):
@@ -241,24 +261,27 @@ def run(schedule, timing: Timing) -> Spans:
                 end[j] = t
                 ev = waiter[j]
                 if ev is not None:
+                    waiter[j] = None
                     ev.succeed()
             i += group
 
     paired = flat.paired.tolist()
+    procs = []
     for r in range(len(schedule.ranks)):
         lo, hi = bounds[r], bounds[r + 1]
-        env.process((walk_pairs if any(paired[lo:hi]) else walk)(r, lo, hi))
-    env.run()
-    endv = np.array(end, dtype=np.float64)       # None (never ran) becomes nan
-    if np.isnan(endv).any():
-        undone = np.isnan(endv)
+        procs.append(env.process((walk_pairs if any(paired[lo:hi]) else walk)(r, lo, hi)))
+    with _collector_paused():
+        env.run()
+    stuck = [r for r, proc in enumerate(procs) if proc.is_alive]
+    if stuck:
         detail = []
-        for r in np.unique(flat.rank[undone]).tolist():
-            i = int(np.nonzero(undone & (flat.rank == r))[0][0])
+        for r in stuck:
+            i = next(i for i in range(bounds[r], bounds[r + 1]) if end[i] is None)
             k = int(flat.op_index[i])
             detail.append(f"rank {r} at op {k} ({schedule.ranks[r][k]})")
         raise ScheduleError(f"{schedule.name}: deadlock, no rank can proceed: {', '.join(detail)}")
-    start = np.array(starts)
+    endv = np.array(end, dtype=np.float64)
+    start = np.array(starts, dtype=np.float64)
     arrival = np.full(n, np.nan)
     has = consumer >= 0
     arrival[has] = endv[has] + hop[flat.stage[has]]

@@ -238,3 +238,15 @@ def test_fb_override_sets_the_overlapped_pair_duration():
     assert spans_of_fb, "dualpipe on 4 ranks x 8 micro-batches has overlapped pairs"
     # 2.5 ms instead of F + B = 3 ms, split F-then-B in the proportion 1 : 2
     assert all(e - s == pytest.approx(2.5e-3) for s, e in spans_of_fb)
+
+
+def test_cross_rank_deadlock_names_each_stuck_rank():
+    # rank 0 waits for rank 1's B0 before sending F1; rank 1 waits for that F1 before its B0
+    from schedules.ops import B, F, Schedule
+    from pipesim.simulator import Timing, run
+    sch = Schedule(name="crossed", pp=2, microbatches=2, chunks=1, num_stages=2,
+                   ranks=((F(0), B(0), F(1), B(1)), (F(1), B(1), F(0), B(0))),
+                   placement=((0,), (1,)), directions=((0,), (0,)), stream_microbatches=(2,))
+    with pytest.raises(schedules.ScheduleError) as err:
+        run(sch, Timing(f=(1.0, 1.0), b=(2.0, 2.0), w=(1.0, 1.0), hop=(0.0, 0.0)))
+    assert "rank 0 at op 1 (B0.0)" in str(err.value) and "rank 1 at op 0 (F0.1)" in str(err.value)
