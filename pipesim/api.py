@@ -1,7 +1,7 @@
 """``simulate``: scenario → workload → SimPy run → memory → ``Result``, in that one direction."""
 from __future__ import annotations
 
-from pipesim.memory import p2p_records
+from pipesim.memory import p2p_buffers
 from pipesim.results import Result
 from pipesim.simulator import run
 from pipesim.workload import build_workload
@@ -11,4 +11,4 @@ def simulate(scenario, schedule=None) -> Result:
     """Simulate one training step of ``scenario`` (a ``pipesim.Scenario``)."""
     wl = build_workload(scenario, schedule)
     spans = run(wl.schedule, wl.timing)
-    return Result(scenario, wl, spans, p2p_records(spans, wl.boundary_bytes))
+    return Result(scenario, wl, spans, p2p_buffers(spans, wl.boundary_bytes))

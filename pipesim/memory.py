@@ -146,24 +146,48 @@ class Ledger:
 
 
 @dataclass(frozen=True)
-class P2PRecords:
-    """The p2p records of a step, in ledger order: by ``slot``, allocations before releases.
+class P2PBuffers:
+    """The two buffers of every cross-rank edge (lifetimes in the module docstring), by edge.
 
-    ``slot = a + rank[a]`` means "just before atom a"; ``a`` may be one past the rank's last atom
-    (the slot after it): the ``+ rank`` keeps one rank's end apart from the next rank's start.
+    Positions are slots between a rank's atoms: slot ``a + rank[a]`` is "just before atom a",
+    where ``a`` may be one past the rank's last atom (the slot after it); the ``+ rank`` keeps one
+    rank's end apart from the next rank's start. In a slot, allocations (send, then receive)
+    come before releases (send, then receive); the receive buffer is allocated and released in
+    the same slot.
     """
 
-    time: np.ndarray      # float64 seconds
-    rank: np.ndarray      # int32
-    delta: np.ndarray     # int64 bytes
-    slot: np.ndarray      # int64
-    atom: np.ndarray      # int64: the atom that sent or receives the tensor
+    send: np.ndarray           # producer atoms
+    send_rank: np.ndarray
+    send_bytes: np.ndarray
+    sent_time: np.ndarray      # the producer's end; slot: send + 1 + rank
+    release_slot: np.ndarray
+    release_time: np.ndarray
+    recv: np.ndarray           # consumer atoms
+    recv_rank: np.ndarray
+    recv_bytes: np.ndarray
+    posted_time: np.ndarray    # the end of the op before the consumer (0: none); slot: recv + rank
+    consumed_time: np.ndarray  # the consumer's start; same slot
 
-    def __len__(self) -> int:
-        return len(self.time)
+    @property
+    def sent_slot(self) -> np.ndarray:
+        return self.send + 1 + self.send_rank
+
+    @property
+    def recv_slot(self) -> np.ndarray:
+        return self.recv + self.recv_rank
+
+    def records(self) -> tuple[np.ndarray, ...]:
+        """``(time, rank, delta, slot, atom)`` of every allocation and release, in ledger order."""
+        time = np.concatenate([self.sent_time, self.posted_time, self.release_time, self.consumed_time])
+        rank = np.concatenate([self.send_rank, self.recv_rank, self.send_rank, self.recv_rank])
+        delta = np.concatenate([self.send_bytes, self.recv_bytes, -self.send_bytes, -self.recv_bytes])
+        slot = np.concatenate([self.sent_slot, self.recv_slot, self.release_slot, self.recv_slot])
+        atom = np.concatenate([self.send, self.recv, self.send, self.recv])
+        order = np.argsort(slot * 2 + (delta < 0), kind="stable")   # four runs in slot order
+        return time[order], rank[order], delta[order], slot[order], atom[order]
 
 
-def p2p_records(spans, boundary_bytes) -> P2PRecords:
+def p2p_buffers(spans, boundary_bytes) -> P2PBuffers:
     """The p2p buffers of every cross-rank edge (see the module docstring for their lifetimes).
 
     Per edge producer p -> consumer c (b = the boundary bytes of p's stage):
@@ -178,39 +202,29 @@ def p2p_records(spans, boundary_bytes) -> P2PRecords:
     nbytes = np.asarray(boundary_bytes, dtype=np.int64)
     send = np.nonzero(spans.consumer >= 0)[0]
     recv = np.nonzero(spans.producer >= 0)[0]
-    last = bounds[rank[send] + 1]                     # one past the sender rank's last atom
+    send_rank, recv_rank = rank[send], rank[recv]
+    last = bounds[send_rank + 1]                     # one past the sender rank's last atom
     # the first atom after p that starts no earlier than arrival (usually p + 1 or p + 2)
     q = send + 1
     arrival = spans.arrival[send]
     while True:
-        inside = q < last
-        later = inside & (spans.start[np.minimum(q, n - 1)] < arrival)
+        later = (q < last) & (spans.start[np.minimum(q, n - 1)] < arrival)
         if not later.any():
             break
         q = q + later
-    inside = q < last
-    rank_end = spans.end[last - 1]
-    release = np.where(inside, spans.start[np.minimum(q, n - 1)], np.maximum(arrival, rank_end))
-    first = bounds[rank[recv]] == recv
-    posted = np.where(first, 0.0, spans.end[np.maximum(recv - 1, 0)])
-    b_send = nbytes[spans.stage[send]]
-    b_recv = nbytes[spans.stage[spans.producer[recv]]]
-    slot_s = rank[send]
-    time = np.concatenate([spans.end[send], posted, release, spans.start[recv]])
-    rk = np.concatenate([slot_s, rank[recv], slot_s, rank[recv]])
-    delta = np.concatenate([b_send, b_recv, -b_send, -b_recv])
-    slot = np.concatenate([send + 1, recv, q, recv]) + rk
-    atom = np.concatenate([send, recv, send, recv])
-    # four runs, each already in slot order: a stable sort merges them
-    order = np.argsort(slot * 2 + (delta < 0), kind="stable")
-    return P2PRecords(time[order], rk[order].astype(np.int32), delta[order], slot[order], atom[order])
+    release = np.where(q < last, spans.start[np.minimum(q, n - 1)],
+                       np.maximum(arrival, spans.end[last - 1]))
+    posted = np.where(bounds[recv_rank] == recv, 0.0, spans.end[np.maximum(recv - 1, 0)])
+    return P2PBuffers(send, send_rank, nbytes[spans.stage[send]], spans.end[send], q + send_rank,
+                      release, recv, recv_rank, nbytes[spans.stage[spans.producer[recv]]], posted,
+                      spans.start[recv])
 
 
-def build_ledger(spans, templates, static_bytes, p2p: P2PRecords) -> Ledger:
+def build_ledger(spans, templates, static_bytes, p2p: P2PBuffers) -> Ledger:
     """Lay the templates over the op spans and merge in static and p2p records.
 
     ``spans``: ``pipesim.simulator.Spans`` (one row per atom, rank-major, in execution order);
-    ``templates[(stage, kind)]``; ``static_bytes[rank][category]``; ``p2p``: ``p2p_records``.
+    ``templates[(stage, kind)]``; ``static_bytes[rank][category]``; ``p2p``: ``p2p_buffers``.
 
     A rank runs its atoms one after another, so laying each atom's (time-sorted) template at its
     span yields a stream already in causal order: no sort is needed. The p2p records go into
@@ -257,17 +271,17 @@ def build_ledger(spans, templates, static_bytes, p2p: P2PRecords) -> Ledger:
         cat[where] = np.tile(tpl.cat, len(idx))
         delta[where] = np.tile(tpl.delta, len(idx))
         atom[where] = np.repeat(idx, m)
-    if len(p2p):
+    p_time, p_rank, p_delta, p_slot, p_atom = p2p.records()
+    if len(p_time):
         # slot a + r (before atom a of rank r) sits at atom a's first record; the slot after a
         # rank's last atom at the end of its block
-        a = p2p.slot - p2p.rank
-        r = p2p.rank.astype(np.int64)
-        after_last = a == np.searchsorted(rank_of_atom, r, "right")
+        a = p_slot - p_rank
+        after_last = a == np.searchsorted(rank_of_atom, p_rank, "right")
         first_record = np.append(atom_off, 0)[np.where(after_last, n_atoms, a)]
-        pos = np.where(after_last, block_start[r] + block[r], first_record)
-        time = np.insert(time, pos, p2p.time)
-        rank = np.insert(rank, pos, p2p.rank)
+        pos = np.where(after_last, block_start[p_rank] + block[p_rank], first_record)
+        time = np.insert(time, pos, p_time)
+        rank = np.insert(rank, pos, p_rank.astype(np.int32))
         cat = np.insert(cat, pos, CAT["p2p"])
-        delta = np.insert(delta, pos, p2p.delta)
-        atom = np.insert(atom, pos, p2p.atom)
+        delta = np.insert(delta, pos, p_delta)
+        atom = np.insert(atom, pos, p_atom)
     return Ledger(time, rank, cat, delta, atom)

@@ -71,10 +71,15 @@ def find_peaks(spans, templates: dict, static_bytes, p2p) -> list[PeakRecord]:
     keys = [(int(u) // 4, int(u) % 4) for u in used.tolist()]
     tab = _template_table(templates, keys)
 
-    # slots: p2p records are in slot order, allocations first
+    # slots: allocations (send, then receive buffers) come before releases; a receive buffer
+    # is released in the slot it was allocated in, so only send buffers move a slot's net
     n_slots = n + ranks
-    s_net = np.bincount(p2p.slot, weights=p2p.delta, minlength=n_slots).round().astype(np.int64)
-    s_alloc = np.bincount(p2p.slot, weights=np.maximum(p2p.delta, 0), minlength=n_slots).round().astype(np.int64)
+    sent_slot, recv_slot = p2p.sent_slot, p2p.recv_slot
+    sb, rb = p2p.send_bytes.astype(np.float64), p2p.recv_bytes.astype(np.float64)
+    s_sent = np.bincount(sent_slot, weights=sb, minlength=n_slots)
+    s_alloc = (s_sent + np.bincount(recv_slot, weights=rb, minlength=n_slots)).round().astype(np.int64)
+    s_net = (s_sent - np.bincount(p2p.release_slot, weights=sb, minlength=n_slots)).round().astype(np.int64)
+    s_cum = np.concatenate([[0], np.cumsum(s_net)])    # s_cum[s]: nets of slots before s
 
     # units in causal order: rank r holds 2·(its atoms) + 1 positions, slot before atom a at
     # 2a + r, atom a at 2a + r + 1, the rank's last slot at 2·bounds[r+1] + r
@@ -92,9 +97,6 @@ def find_peaks(spans, templates: dict, static_bytes, p2p) -> list[PeakRecord]:
     base = before[np.minimum(u_bounds[:-1], total - 1)] if total else np.zeros(ranks, np.int64)
     high = before + high        # candidates' highest level, relative to the rank's own zero
 
-    p_key = p2p.slot * 2 + (p2p.delta < 0)
-    p_cum = np.concatenate([[0], np.cumsum(p2p.delta)])
-    p_bounds = np.searchsorted(p2p.slot, bounds + np.arange(ranks + 1))  # slot of a rank's first atom
     out = []
     for r in range(ranks):
         statics = np.zeros(len(CATEGORIES), np.int64)
@@ -110,11 +112,17 @@ def find_peaks(spans, templates: dict, static_bytes, p2p) -> list[PeakRecord]:
         k = u - r
         a = k // 2                         # the atom of the unit, or the one the slot precedes
         cats = statics + np.bincount(tid[int(bounds[r]):a], minlength=len(keys)) @ tab["by_cat"]
-        if k % 2 == 0:                     # a slot: its last allocation
-            s = a + r
-            j = int(np.searchsorted(p_key, 2 * s + 1)) - 1
-            time, atom = float(p2p.time[j]), int(p2p.atom[j])
-            upto = j + 1
+        s = a + r                          # the slot before atom a
+        first_slot = int(bounds[r]) + r
+        p2p_bytes = int(s_cum[s] - s_cum[first_slot])
+        if k % 2 == 0:                     # a slot: its last allocation (a receive if any)
+            i = np.nonzero(recv_slot == s)[0]
+            if len(i):
+                time, atom = float(p2p.posted_time[i[0]]), int(p2p.recv[i[0]])
+            else:
+                i = np.nonzero(sent_slot == s)[0]
+                time, atom = float(p2p.sent_time[i[0]]), int(p2p.send[i[0]])
+            p2p_bytes += int(s_alloc[s])
         else:                              # an atom: its template's highest record
             t = int(tid[a])
             i = tab["top_at"][t]
@@ -122,8 +130,8 @@ def find_peaks(spans, templates: dict, static_bytes, p2p) -> list[PeakRecord]:
             time = float(spans.start[a] + tpl.frac[i] * (spans.end[a] - spans.start[a]))
             atom = a
             cats += tab["by_cat_top"][t]
-            upto = int(np.searchsorted(p2p.slot, a + r, "right"))
-        cats[CAT["p2p"]] += int(p_cum[upto] - p_cum[p_bounds[r]])
+            p2p_bytes += int(s_net[s])
+        cats[CAT["p2p"]] += p2p_bytes
         allocated = static_total + dyn
         if int(cats.sum()) != allocated:
             raise AssertionError(f"rank {r}: breakdown {int(cats.sum())} != peak {allocated}")

@@ -1,6 +1,6 @@
 """The ledger of a tiny hand-made case, record for record (SimPy's habit: assert whole logs)."""
 import schedules
-from pipesim.memory import CATEGORIES, build_ledger, build_templates, p2p_records
+from pipesim.memory import CATEGORIES, build_ledger, build_templates, p2p_buffers
 from pipesim.model import LayerCosts, StageCosts
 from pipesim.simulator import Timing, run
 
@@ -23,7 +23,7 @@ def _ledger(name, microbatches=1):
     # F = 1 s, full B = 2 s (of which W = 1 s), a hop between ranks 0.5 s.
     spans = run(sch, Timing(f=(1.0, 1.0), b=(2.0, 2.0), w=(1.0, 1.0), hop=(0.5, 0.5)))
     static = [{"weights": 1000}, {"weights": 1000}]
-    led = build_ledger(spans, templates, static, p2p_records(spans, (8, 8)))
+    led = build_ledger(spans, templates, static, p2p_buffers(spans, (8, 8)))
     return [(float(t), int(r), CATEGORIES[c], int(d))
             for t, r, c, d in zip(led.time, led.rank, led.cat, led.delta)]
 
