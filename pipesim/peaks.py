@@ -67,7 +67,11 @@ def find_peaks(spans, templates: dict, static_bytes, p2p) -> list[PeakRecord]:
     bounds = np.searchsorted(rank, np.arange(ranks + 1))
     # each atom's template, as an index into the distinct (stage, kind) pairs it uses
     code = spans.stage.astype(np.int64) * 4 + spans.kind
-    used, tid = np.unique(code, return_inverse=True)
+    present = np.zeros(int(code.max()) + 1 if n else 1, dtype=bool)
+    present[code] = True
+    used = np.nonzero(present)[0]
+    lut = np.cumsum(present) - 1
+    tid = lut[code]
     keys = [(int(u) // 4, int(u) % 4) for u in used.tolist()]
     tab = _template_table(templates, keys)
 

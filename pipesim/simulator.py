@@ -179,29 +179,32 @@ def run(schedule, timing: Timing) -> Spans:
     # (the rank runs its atoms in order), so only cross-rank inputs can delay a start; under the
     # rules of schedules.graph each atom has at most one (the boundary tensor). A same-rank input
     # produced *later* can never arrive: that order deadlocks.
+    pairs = _dependencies(schedule, flat)
+    cons = np.concatenate([c for c, _ in pairs]) if pairs else np.zeros(0, np.int64)
+    prod = np.concatenate([p for _, p in pairs]) if pairs else np.zeros(0, np.int64)
+    cross = flat.rank[prod] != flat.rank[cons]
+    late = ~cross & (flat.seq[prod] >= flat.seq[cons])
+    if late.any():
+        i = cons[np.nonzero(late)[0][0]]
+        r, k = int(flat.rank[i]), int(flat.op_index[i])
+        raise ScheduleError(f"{schedule.name}: deadlock: rank {r} op {k} ({schedule.ranks[r][k]}) "
+                            f"needs an op that rank {r} runs after it")
+    cons, prod = cons[cross], prod[cross]
+    if len(cons) and np.bincount(cons).max() > 1:
+        raise ScheduleError(f"{schedule.name}: an atom with two cross-rank inputs is not supported")
+    if len(prod) and np.bincount(prod).max() > 1:
+        raise ScheduleError(f"{schedule.name}: an output consumed on two other ranks is not supported")
     dep = np.full(n, -1, dtype=np.int64)
     delay = np.zeros(n)
     consumer = np.full(n, -1, dtype=np.int64)
-    for cons, prod in _dependencies(schedule, flat):
-        cross = flat.rank[prod] != flat.rank[cons]
-        late = ~cross & (flat.seq[prod] >= flat.seq[cons])
-        if late.any():
-            i = cons[np.nonzero(late)[0][0]]
-            r, k = int(flat.rank[i]), int(flat.op_index[i])
-            raise ScheduleError(f"{schedule.name}: deadlock: rank {r} op {k} ({schedule.ranks[r][k]}) "
-                                f"needs an op that rank {r} runs after it")
-        cons, prod = cons[cross], prod[cross]
-        if (dep[cons] >= 0).any():
-            raise ScheduleError(f"{schedule.name}: an atom with two cross-rank inputs is not supported")
-        if (consumer[prod] >= 0).any():
-            raise ScheduleError(f"{schedule.name}: an output consumed on two other ranks is not supported")
-        dep[cons] = prod
-        delay[cons] = hop[flat.stage[prod]]
-        consumer[prod] = cons
+    dep[cons] = prod
+    delay[cons] = hop[flat.stage[prod]]
+    consumer[prod] = cons
     f, b, w = (np.asarray(x, dtype=np.float64) for x in (timing.f, timing.b, timing.w))
     st = flat.stage
-    dur = np.select([flat.kind == KIND_F, flat.kind == KIND_B, flat.kind == KIND_BI],
-                    [f[st], b[st], b[st] - w[st]], w[st])
+    per_kind = np.empty((len(f), 4))                # duration of (stage, kind)
+    per_kind[:, KIND_F], per_kind[:, KIND_B], per_kind[:, KIND_BI], per_kind[:, KIND_W] = f, b, b - w, w
+    dur = per_kind[st, flat.kind]
     if timing.fb is not None:
         # An overlapped pair takes fb[stage of its forward], split F-then-B in proportion.
         for i in np.nonzero(flat.paired)[0].tolist():
@@ -216,7 +219,9 @@ def run(schedule, timing: Timing) -> Spans:
     depl, delayl, durl = dep.tolist(), delay.tolist(), dur.tolist()
     new_event = partial(simpy.Event, env)
 
-    def walk(r, lo, hi):
+    # The hot loops take their lists as default arguments: local names are CPython's fastest.
+    def walk(r, lo, hi, depl=depl, delayl=delayl, durl=durl, end=end, starts=starts,
+             waiter=waiter, new_event=new_event):
         """Rank r's atoms lo..hi-1, none of them half of an FB: the hot loop, kept minimal."""
         t = 0.0
         for i in range(lo, hi):
@@ -238,7 +243,8 @@ def run(schedule, timing: Timing) -> Spans:
                 waiter[i] = None       # let the event go as soon as it has fired
                 ev.succeed()
 
-    def walk_pairs(r, lo, hi):
+    def walk_pairs(r, lo, hi, depl=depl, delayl=delayl, durl=durl, end=end, starts=starts,
+                   waiter=waiter, new_event=new_event):
         """Like ``walk``, for a rank with FB ops: an FB's two atoms start together."""
         t = 0.0
         i = lo

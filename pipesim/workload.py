@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from pipesim.memory import GIB, build_templates, round_up
 from pipesim.model import StageCosts, stage_costs
+from pipesim.model.costs import relabel
 from pipesim.placement import StagePlan, stage_plans
 from pipesim.simulator import Timing
 
@@ -61,8 +62,17 @@ def build_workload(sc, schedule=None) -> Workload:
     """Derive the workload of scenario ``sc`` (its schedule is built unless given)."""
     schedule = schedule or sc.build_schedule()
     plans = stage_plans(sc.model, sc.placement, sc.layers_per_stage)
-    costs = tuple(stage_costs(sc.model, sc.parallel, sc.training, p.layers,
-                              embedding=p.embedding, head=p.head, mtp=p.mtp) for p in plans)
+    costs, first_of_shape = [], {}
+    for p in plans:
+        shape = (tuple(sc.model.is_moe(i) for i in p.layers), p.embedding, p.head, p.mtp)
+        if shape in first_of_shape:        # the same kinds of layers cost the same
+            costs.append(relabel(first_of_shape[shape], p.layers))
+        else:
+            c = stage_costs(sc.model, sc.parallel, sc.training, p.layers,
+                            embedding=p.embedding, head=p.head, mtp=p.mtp)
+            first_of_shape[shape] = c
+            costs.append(c)
+    costs = tuple(costs)
     rate = sc.hardware.peak_tflops * 1e12 * sc.hardware.efficiency
     gran = sc.overheads.allocator_rounding
     hw, tm = sc.hardware, sc.timing

@@ -250,3 +250,16 @@ def test_cross_rank_deadlock_names_each_stuck_rank():
     with pytest.raises(schedules.ScheduleError) as err:
         run(sch, Timing(f=(1.0, 1.0), b=(2.0, 2.0), w=(1.0, 1.0), hop=(0.0, 0.0)))
     assert "rank 0 at op 1 (B0.0)" in str(err.value) and "rank 1 at op 0 (F0.1)" in str(err.value)
+
+
+@pytest.mark.parametrize("path", sorted(SCENARIOS.glob("*.toml")), ids=lambda p: p.stem)
+def test_stages_of_one_shape_share_costs_equal_to_their_own(path):
+    # the workload computes a stage once per shape (kinds of layers, embedding, head, MTP) and
+    # relabels it for the others: each must equal the stage's costs computed on their own
+    from pipesim.model import stage_costs
+    from pipesim.workload import build_workload
+    sc = pipesim.load_scenario(path)
+    wl = build_workload(sc)
+    for plan, costs in zip(wl.plans, wl.costs):
+        assert costs == stage_costs(sc.model, sc.parallel, sc.training, plan.layers,
+                                    embedding=plan.embedding, head=plan.head, mtp=plan.mtp)

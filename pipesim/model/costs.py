@@ -61,6 +61,10 @@ def _kind_costs(m, p, t, kind: str) -> LayerCosts:
                       flops_w=fl.w)
 
 
+def _layer_name(index: int, kind: str) -> str:
+    return f"layer {index} ({kind})"
+
+
 def _layer(m, p, t, name: str, kind: str) -> LayerCosts:
     return replace(_kind_costs(m, p, t, kind), name=name)
 
@@ -84,7 +88,7 @@ def stage_costs(model: ModelConfig, parallel: ParallelConfig, training: Training
         layer_param_counts.append(device_params(m, p, embedding_params(m), 0))
     for i in layers:
         kind = "moe" if m.is_moe(i) else "dense"
-        items.append(_layer(m, p, t, f"layer {i} ({kind})", kind))
+        items.append(_layer(m, p, t, _layer_name(i, kind), kind))
         layer_param_counts.append(device_params(m, p, layer_params(m, i), 1))
     if mtp:
         for k in range(m.mtp_modules):
@@ -102,3 +106,14 @@ def stage_costs(model: ModelConfig, parallel: ParallelConfig, training: Training
                       boundary_bytes=act.boundary_bytes(m, p, t),
                       logits_bytes=act.logits_bytes(m, p, t) if head else 0,
                       layers=tuple(items))
+
+
+def relabel(stage: StageCosts, layers) -> StageCosts:
+    """``stage``'s costs for another run of transformer layers of the same kinds, in order.
+
+    A layer's costs depend on its kind, not its index (``_kind_costs``), so stages that hold the
+    same kinds cost the same; only the layer names differ. Saves recomputing them per stage."""
+    layers = iter(layers)
+    items = tuple(replace(L, name=_layer_name(next(layers), L.name.rsplit("(", 1)[1][:-1]))
+                  if L.name.startswith("layer ") else L for L in stage.layers)
+    return replace(stage, layers=items)
