@@ -213,38 +213,38 @@ def run(schedule, timing: Timing) -> Spans:
             dur[i], dur[i + 1] = df * scale, db * scale
     bounds = np.searchsorted(flat.rank, np.arange(len(schedule.ranks) + 1)).tolist()
     env = simpy.Environment()
-    end: list = [None] * n
-    starts = [0.0] * n
-    waiter: list = [None] * n          # the event a rank process waits on for atom i's end
+    # Only starts are kept: an atom's end is start + duration, the same sum whether taken by its
+    # consumer during the run or by numpy afterwards, so both see the same float.
+    starts: list = [None] * n
+    waiter: list = [None] * n          # the event a rank process waits on for atom i's start
     depl, delayl, durl = dep.tolist(), delay.tolist(), dur.tolist()
     new_event = partial(simpy.Event, env)
 
     # The hot loops take their lists as default arguments: local names are CPython's fastest.
-    def walk(r, lo, hi, depl=depl, delayl=delayl, durl=durl, end=end, starts=starts,
-             waiter=waiter, new_event=new_event):
+    def walk(r, lo, hi, depl=depl, delayl=delayl, durl=durl, starts=starts, waiter=waiter,
+             new_event=new_event):
         """Rank r's atoms lo..hi-1, none of them half of an FB: the hot loop, kept minimal."""
         t = 0.0
         for i in range(lo, hi):
             p = depl[i]
             if p >= 0:
-                e = end[p]
-                if e is None:
+                s = starts[p]
+                if s is None:
                     ev = waiter[p] = new_event()
                     yield ev
-                    e = end[p]
-                e += delayl[i]
-                if e > t:
-                    t = e
+                    s = starts[p]
+                s = s + durl[p] + delayl[i]          # the input's arrival
+                if s > t:
+                    t = s
             starts[i] = t
-            t += durl[i]
-            end[i] = t
             ev = waiter[i]
             if ev is not None:
                 waiter[i] = None       # let the event go as soon as it has fired
                 ev.succeed()
+            t += durl[i]
 
-    def walk_pairs(r, lo, hi, depl=depl, delayl=delayl, durl=durl, end=end, starts=starts,
-                   waiter=waiter, new_event=new_event):
+    def walk_pairs(r, lo, hi, depl=depl, delayl=delayl, durl=durl, starts=starts, waiter=waiter,
+                   new_event=new_event):
         """Like ``walk``, for a rank with FB ops: an FB's two atoms start together."""
         t = 0.0
         i = lo
@@ -253,22 +253,21 @@ def run(schedule, timing: Timing) -> Spans:
             for j in range(i, i + group):
                 p = depl[j]
                 if p >= 0:
-                    e = end[p]
-                    if e is None:
+                    s = starts[p]
+                    if s is None:
                         ev = waiter[p] = new_event()
                         yield ev
-                        e = end[p]
-                    e += delayl[j]
-                    if e > t:
-                        t = e
+                        s = starts[p]
+                    s = s + durl[p] + delayl[j]
+                    if s > t:
+                        t = s
             for j in range(i, i + group):
                 starts[j] = t
-                t += durl[j]
-                end[j] = t
                 ev = waiter[j]
                 if ev is not None:
                     waiter[j] = None
                     ev.succeed()
+                t += durl[j]
             i += group
 
     paired = flat.paired.tolist()
@@ -282,12 +281,12 @@ def run(schedule, timing: Timing) -> Spans:
     if stuck:
         detail = []
         for r in stuck:
-            i = next(i for i in range(bounds[r], bounds[r + 1]) if end[i] is None)
+            i = next(i for i in range(bounds[r], bounds[r + 1]) if starts[i] is None)
             k = int(flat.op_index[i])
             detail.append(f"rank {r} at op {k} ({schedule.ranks[r][k]})")
         raise ScheduleError(f"{schedule.name}: deadlock, no rank can proceed: {', '.join(detail)}")
-    endv = np.array(end, dtype=np.float64)
     start = np.array(starts, dtype=np.float64)
+    endv = start + dur
     arrival = np.full(n, np.nan)
     has = consumer >= 0
     arrival[has] = endv[has] + hop[flat.stage[has]]
