@@ -80,43 +80,50 @@ class _Flat:
 
 
 def _flatten(schedule) -> _Flat:
-    """One row per atom, rank-major in execution order.
+    """One row per atom, rank-major in execution order (an FB op gives two rows).
 
     Ops are shared immutable objects (a 1F1B schedule of pp ranks holds 2M distinct ops for
     2M·pp slots), so their fields are read once per distinct op and spread by index.
     """
     ranks = schedule.ranks
-    flat = list(chain.from_iterable(ranks))
-    ids = np.fromiter(map(id, flat), dtype=np.int64, count=len(flat))
+    ops = list(chain.from_iterable(ranks))
+    ids = np.fromiter(map(id, ops), dtype=np.int64, count=len(ops))
     _, first, which = np.unique(ids, return_index=True, return_inverse=True)
-    distinct = [flat[i] for i in first.tolist()]
-    lengths = [len(ops) for ops in ranks]
-    if any(op.kind == "FB" for op in distinct):
-        # expand FB ops into their two atoms (rare enough to do op by op)
-        flat = [a for op in flat for a in op.atoms()]
-        lengths = [sum(len(op.atoms()) for op in ops) for ops in ranks]
-        op_index = np.fromiter((i for ops in ranks for i, op in enumerate(ops) for _ in op.atoms()),
-                               dtype=np.int64)
-        pair = np.fromiter((op.kind == "FB" and a is op.forward for ops in ranks for op in ops
-                            for a in op.atoms()), dtype=bool)
-        ids = np.fromiter(map(id, flat), dtype=np.int64, count=len(flat))
-        _, first, which = np.unique(ids, return_index=True, return_inverse=True)
-        distinct = [flat[i] for i in first.tolist()]
+    distinct = [ops[i] for i in first.tolist()]
+    # per distinct op, its atoms' fields; an op has one atom, an FB two (forward first)
+    code = {"F": KIND_F, "B": KIND_B, "W": KIND_W}
+    width = 2 if any(op.kind == "FB" for op in distinct) else 1
+    if width == 1:
+        cells = distinct
+    else:                                                       # (distinct op, half), raveled
+        cells = [a for op in distinct for a in (op.atoms() if op.kind == "FB" else (op, None))]
+    kinds = np.array([-1 if a is None else KIND_BI if a.w_deferred else code[a.kind] for a in cells])
+    chunks = np.array([0 if a is None else a.chunk for a in cells])
+    mbs = np.array([0 if a is None else a.mb for a in cells])
+    count = (kinds.reshape(-1, width) >= 0).sum(axis=1)
+    per_op = count[which]                       # atoms of each op slot
+    op_lengths = [len(r) for r in ranks]
+    op_seq = np.arange(len(ops), dtype=np.int64) - np.repeat(np.cumsum([0] + op_lengths[:-1]), op_lengths)
+    if width == 1:
+        cell = which
+        op_index, pair = op_seq, np.zeros(len(ops), dtype=bool)
+        lengths = op_lengths
     else:
-        op_index = pair = None
-    n = len(flat)
+        slot = np.repeat(np.arange(len(ops)), per_op)
+        half = np.arange(len(slot)) - np.repeat(np.cumsum(per_op) - per_op, per_op)
+        cell = which[slot] * 2 + half
+        op_index = op_seq[slot]
+        pair = (per_op[slot] == 2) & (half == 0)
+        op_rank = np.repeat(np.arange(len(ranks)), op_lengths)
+        lengths = np.bincount(op_rank, weights=per_op, minlength=len(ranks)).astype(np.int64).tolist()
+    kind, chunk, mb = kinds[cell], chunks[cell], mbs[cell]
+    n = len(cell)
     rank = np.repeat(np.arange(len(ranks), dtype=np.int32), lengths)
     seq = np.arange(n, dtype=np.int64) - np.repeat(np.cumsum([0] + lengths[:-1]), lengths)
-    if op_index is None:
-        op_index, pair = seq, np.zeros(n, dtype=bool)
-    code = {"F": KIND_F, "B": KIND_B, "W": KIND_W}
-    kind = np.array([KIND_BI if a.w_deferred else code[a.kind] for a in distinct], dtype=np.int8)[which]
-    chunk = np.array([a.chunk for a in distinct], dtype=np.int64)[which]
-    mb = np.array([a.mb for a in distinct], dtype=np.int32)[which]
     place = np.array(schedule.placement, dtype=np.int64)
     dirs = np.array(schedule.directions, dtype=np.int64)
-    return _Flat(rank, seq, op_index, kind, place[rank, chunk].astype(np.int32),
-                 chunk.astype(np.int32), dirs[rank, chunk].astype(np.int8), mb, pair)
+    return _Flat(rank, seq, op_index, kind.astype(np.int8), place[rank, chunk].astype(np.int32),
+                 chunk.astype(np.int32), dirs[rank, chunk].astype(np.int8), mb.astype(np.int32), pair)
 
 
 def _dependencies(schedule, flat: _Flat) -> list[tuple[np.ndarray, np.ndarray]]:
