@@ -41,19 +41,27 @@ class PeakRecord:
 
 
 def _template_table(templates: dict, keys) -> dict:
-    """Per distinct template: net, highest prefix, its first index, category nets."""
+    """Per distinct template: net, highest prefix, its first index, category nets.
+
+    Stages of one shape share their template objects, so each is worked out once."""
     ncat = len(CATEGORIES)
     net, top, top_at = [], [], []
     by_cat, by_cat_top = np.zeros((len(keys), ncat), np.int64), np.zeros((len(keys), ncat), np.int64)
+    seen = {}
     for i, k in enumerate(keys):
         t = templates[k]
-        c = np.cumsum(t.delta)
-        net.append(int(c[-1]) if len(c) else 0)
-        j = int(np.argmax(c)) if len(c) else -1
-        top.append(int(c[j]) if len(c) else _NONE)
+        if id(t) not in seen:
+            c = np.cumsum(t.delta)
+            j = int(np.argmax(c)) if len(c) else -1
+            cats = t.cat.astype(np.int64)
+            seen[id(t)] = (int(c[-1]) if len(c) else 0, int(c[j]) if len(c) else _NONE, j,
+                           np.bincount(cats, weights=t.delta, minlength=ncat).round(),
+                           np.bincount(cats[:j + 1], weights=t.delta[:j + 1], minlength=ncat).round())
+        n_, top_, j, bc, bct = seen[id(t)]
+        net.append(n_)
+        top.append(top_)
         top_at.append(j)
-        np.add.at(by_cat[i], t.cat.astype(np.int64), t.delta)
-        np.add.at(by_cat_top[i], t.cat[:j + 1].astype(np.int64), t.delta[:j + 1])
+        by_cat[i], by_cat_top[i] = bc, bct
     return {"net": np.array(net, np.int64), "top": np.array(top, np.int64),
             "top_at": top_at, "by_cat": by_cat, "by_cat_top": by_cat_top}
 

@@ -252,12 +252,13 @@ def run(schedule, timing: Timing) -> Spans:
 
     def walk_pairs(r, lo, hi, depl=depl, delayl=delayl, durl=durl, starts=starts, waiter=waiter,
                    new_event=new_event):
-        """Like ``walk``, for a rank with FB ops: an FB's two atoms start together."""
+        """Like ``walk``, for a rank with FB ops: an FB's two atoms start together (its forward
+        half, then its backward half, each taking its own duration)."""
         t = 0.0
         i = lo
         while i < hi:
-            group = 2 if paired[i] else 1
-            for j in range(i, i + group):
+            last = i + 1 if paired[i] else i
+            for j in (i, last) if last > i else (i,):
                 p = depl[j]
                 if p >= 0:
                     s = starts[p]
@@ -268,14 +269,14 @@ def run(schedule, timing: Timing) -> Spans:
                     s = s + durl[p] + delayl[j]
                     if s > t:
                         t = s
-            for j in range(i, i + group):
-                starts[j] = t
-                ev = waiter[j]
+            while i <= last:
+                starts[i] = t
+                ev = waiter[i]
                 if ev is not None:
-                    waiter[j] = None
+                    waiter[i] = None
                     ev.succeed()
-                t += durl[j]
-            i += group
+                t += durl[i]
+                i += 1
 
     paired = flat.paired.tolist()
     procs = []
