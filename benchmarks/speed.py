@@ -7,8 +7,10 @@ Cases: V3 1F1B at pp 16 with 1024 micro-batches; 1F1B at pp 64 with 1024 (DeepSe
 dimensions with 64 layers, since 61 layers cannot fill 64 stages); V3 DualPipe at pp 16 with
 256. The baseline is the least a SimPy pipeline simulation can do: one process per rank, one
 timeout per op, one integer for memory, no dependencies between ranks. pipesim does more per
-op (dependencies, p2p delays, a per-layer memory ledger, peaks and breakdowns), so the ratio
-says what that costs. Targets: ratio >= 1.0; V3 DualPipe pp 16 x 256 under 0.5 s.
+op (dependencies, p2p delays, per-layer memory accounting, peaks and breakdowns) but asks SimPy
+for less: a rank process yields only when an input's producer has not run yet (about once per
+F/B pair in 1F1B), and memory is laid over the op spans with numpy afterwards, peaks found per
+op. Targets: ratio >= 1.0; V3 DualPipe pp 16 x 256 under 0.5 s.
 """
 from __future__ import annotations
 
