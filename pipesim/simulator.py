@@ -142,22 +142,39 @@ def _dependencies(schedule, flat: _Flat) -> list[tuple[np.ndarray, np.ndarray]]:
     table[code] = np.arange(len(code))
     if len(code) and np.count_nonzero(table >= 0) != len(code):
         raise ScheduleError(f"{schedule.name}: an atom appears twice; run schedules.graph.validate")
-    order = np.argsort(pattern.astype(np.int32), kind="stable")
-    values, first = np.unique(pattern[order], return_index=True)
-    pairs = []
+    # each present (family, stage, direction) asks graph.inputs once; its rule becomes a shift
+    # of the key (the micro-batch stays), applied to every atom of that pattern at once
+    present = np.zeros(3 * S * D, dtype=bool)
+    present[pattern] = True
     names = {0: "F", 1: "B", 2: "W"}
-    for p, sel in zip(values.tolist(), np.split(order, first[1:])):
+    width = 2
+    shift = np.zeros((width, 3 * S * D), dtype=np.int64)
+    has = np.zeros((width, 3 * S * D), dtype=bool)
+    wanted = {}
+    for p in np.nonzero(present)[0].tolist():
         f, rest = divmod(p, S * D)
         s, d = divmod(rest, D)
-        for kind, ds, dd, dm in inputs(schedule, (names[f], s, d, 0)):
+        rule = inputs(schedule, (names[f], s, d, 0))
+        if len(rule) > width:
+            raise ScheduleError("dependency rules with more than two inputs are not supported")
+        for j, (kind, ds, dd, dm) in enumerate(rule):
             if dm != 0:
                 raise ScheduleError("dependency rules that change the micro-batch are not supported")
-            prod = table[((_FAMILY[kind] * S + ds) * D + dd) * M + flat.mb[sel]]
-            if (prod < 0).any():
-                i = sel[np.nonzero(prod < 0)[0][0]]
-                raise ScheduleError(f"{schedule.name}: rank {flat.rank[i]} op {flat.op_index[i]} needs "
-                                    f"{kind}(stage {ds}, mb {flat.mb[i]}), which no rank runs")
-            pairs.append((sel, prod))
+            shift[j, p] = ((_FAMILY[kind] * S + ds) * D + dd - p) * M
+            has[j, p] = True
+            wanted[(j, p)] = (kind, ds)
+    pairs = []
+    for j in range(width):
+        sel = np.nonzero(has[j][pattern])[0]
+        want = code[sel] + shift[j][pattern[sel]]
+        ok = (want >= 0) & (want < len(table))
+        prod = np.where(ok, table[np.where(ok, want, 0)], -1)
+        if (prod < 0).any():
+            i = sel[np.nonzero(prod < 0)[0][0]]
+            kind, ds = wanted[(j, int(pattern[i]))]
+            raise ScheduleError(f"{schedule.name}: rank {flat.rank[i]} op {flat.op_index[i]} needs "
+                                f"{kind}(stage {ds}, mb {flat.mb[i]}), which no rank runs")
+        pairs.append((sel, prod))
     return pairs
 
 
