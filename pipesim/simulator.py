@@ -267,33 +267,48 @@ def run(schedule, timing: Timing) -> Spans:
                 ev.succeed()
             t += durl[i]
 
-    def walk_pairs(r, lo, hi, depl=depl, delayl=delayl, durl=durl, starts=starts, waiter=waiter,
-                   new_event=new_event):
-        """Like ``walk``, for a rank with FB ops: an FB's two atoms start together (its forward
-        half, then its backward half, each taking its own duration)."""
+    # An FB's two atoms start together: its forward half waits for both halves' inputs (the
+    # backward half's input moves to dep2 of the forward half), the backward half then follows
+    # the forward half directly.
+    pair = np.nonzero(flat.paired)[0]
+    dep2 = np.full(n, -1, dtype=np.int64)
+    delay2 = np.zeros(n)
+    dep2[pair], delay2[pair] = dep[pair + 1], delay[pair + 1]
+    first_dep = dep.copy()
+    first_dep[pair + 1] = -1
+    dep2l, delay2l = dep2.tolist(), delay2.tolist()
+
+    def walk_pairs(r, lo, hi, depl=first_dep.tolist(), delayl=delayl, dep2l=dep2l, delay2l=delay2l,
+                   durl=durl, starts=starts, waiter=waiter, new_event=new_event):
+        """Like ``walk``, for a rank with FB ops (see above)."""
         t = 0.0
-        i = lo
-        while i < hi:
-            last = i + 1 if paired[i] else i
-            for j in (i, last) if last > i else (i,):
-                p = depl[j]
-                if p >= 0:
+        for i in range(lo, hi):
+            p = depl[i]
+            if p >= 0:
+                s = starts[p]
+                if s is None:
+                    ev = waiter[p] = new_event()
+                    yield ev
                     s = starts[p]
-                    if s is None:
-                        ev = waiter[p] = new_event()
-                        yield ev
-                        s = starts[p]
-                    s = s + durl[p] + delayl[j]
-                    if s > t:
-                        t = s
-            while i <= last:
-                starts[i] = t
-                ev = waiter[i]
-                if ev is not None:
-                    waiter[i] = None
-                    ev.succeed()
-                t += durl[i]
-                i += 1
+                s = s + durl[p] + delayl[i]
+                if s > t:
+                    t = s
+            p = dep2l[i]
+            if p >= 0:
+                s = starts[p]
+                if s is None:
+                    ev = waiter[p] = new_event()
+                    yield ev
+                    s = starts[p]
+                s = s + durl[p] + delay2l[i]
+                if s > t:
+                    t = s
+            starts[i] = t
+            ev = waiter[i]
+            if ev is not None:
+                waiter[i] = None
+                ev.succeed()
+            t += durl[i]
 
     paired = flat.paired.tolist()
     procs = []
