@@ -100,6 +100,16 @@ class _RankProgram:
         b_mb, b_chunk = self._take_b(b_phase, False)
         self.ops.append(FB_of(f_mb, f_chunk, b_mb, b_chunk))
 
+    def fb_pairs(self, count: int) -> None:
+        """``count`` iterations of (FB(F0, B1), FB(F1, B0)) at once: each counter steps by one
+        per iteration, so the ops are a comprehension over the iteration index."""
+        c0, c1 = self._flip, 1 ^ self._flip           # chunks of phases 0 and 1
+        f0, f1, b0, b1 = self._next_f[c0], self._next_f[c1], self._next_b[c0], self._next_b[c1]
+        self.ops.extend(op for i in range(count)
+                        for op in (FB_of(f0 + i, c0, b1 + i, c1), FB_of(f1 + i, c1, b0 + i, c0)))
+        for counter, chunk in ((self._next_f, c0), (self._next_f, c1), (self._next_b, c0), (self._next_b, c1)):
+            counter[chunk] += count
+
     def w(self) -> None:
         self.ops.append(W(*self._pending_w.popleft()))
 
@@ -128,14 +138,12 @@ def _eight_steps(prog: _RankProgram, H: int, h: int, C: int, special: bool) -> N
         prog.f(1)
 
     # Step 4 (main step): nF0B1F1B0, C-2H+h+1 iterations
-    for i in range(n4):
-        if i == 0 and special:
-            # The reference does not overlap this pair "to further reduce bubble size".
-            prog.f(0)
-            prog.b(1)
-        else:
-            prog.fb(0, 1)
+    if n4 > 0 and special:
+        # The reference does not overlap this pair "to further reduce bubble size".
+        prog.f(0)
+        prog.b(1)
         prog.fb(1, 0)
+    prog.fb_pairs(n4 - 1 if n4 > 0 and special else max(n4, 0))
 
     # Step 5: nB1F1B0, H-h-1 iterations
     for _ in range(n5):
