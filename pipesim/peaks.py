@@ -93,21 +93,16 @@ def find_peaks(spans, templates: dict, static_bytes, p2p) -> list[PeakRecord]:
     s_net = (s_sent - np.bincount(p2p.release_slot, weights=sb, minlength=n_slots)).round().astype(np.int64)
     s_cum = np.concatenate([[0], np.cumsum(s_net)])    # s_cum[s]: nets of slots before s
 
-    # units in causal order: rank r holds 2·(its atoms) + 1 positions, slot before atom a at
-    # 2a + r, atom a at 2a + r + 1, the rank's last slot at 2·bounds[r+1] + r
-    total = 2 * n + ranks
-    slot_pos = 2 * np.arange(n_slots) - np.repeat(np.arange(ranks), np.diff(bounds) + 1)
-    atom_pos = 2 * np.arange(n) + rank + 1
-    net = np.empty(total, np.int64)
-    high = np.empty(total, np.int64)
-    net[slot_pos], net[atom_pos] = s_net, tab["net"][tid]
-    high[slot_pos] = np.where(s_alloc > 0, s_alloc, _NONE)
-    high[atom_pos] = tab["top"][tid]
-    cum = np.cumsum(net)
-    before = cum - net
-    u_bounds = 2 * bounds + np.arange(ranks + 1)
-    base = before[np.minimum(u_bounds[:-1], total - 1)] if total else np.zeros(ranks, np.int64)
-    high = before + high        # candidates' highest level, relative to the rank's own zero
+    # levels relative to the rank's start: before slot s (rank r, preceding atom s - r) come the
+    # rank's earlier atoms and slots; before atom a, its earlier atoms and the slots up to a + r
+    a_cum = np.concatenate([[0], np.cumsum(tab["net"][tid])])   # a_cum[a]: nets of atoms before a
+    a_base, s_base = a_cum[bounds], s_cum[bounds + np.arange(ranks + 1)]
+    slot_rank = np.repeat(np.arange(ranks), np.diff(bounds) + 1)
+    slot_atom = np.arange(n_slots) - slot_rank
+    slot_high = np.where(s_alloc > 0, (s_cum[:-1] - s_base[slot_rank]) + (a_cum[slot_atom] - a_base[slot_rank])
+                         + s_alloc, _NONE)
+    atom_slot = np.arange(n) + rank + 1
+    atom_high = (s_cum[atom_slot] - s_base[rank]) + (a_cum[:-1] - a_base[rank]) + tab["top"][tid]
 
     out = []
     for r in range(ranks):
@@ -115,19 +110,23 @@ def find_peaks(spans, templates: dict, static_bytes, p2p) -> list[PeakRecord]:
         for name, nbytes in static_bytes[r].items():
             statics[CAT[name]] += nbytes
         static_total = int(statics.sum())
-        lo, hi = int(u_bounds[r]), int(u_bounds[r + 1])
-        u = lo + int(np.argmax(high[lo:hi])) if hi > lo else -1
-        dyn = int(high[u] - base[r]) if u >= 0 else 0
-        if u < 0 or dyn <= 0:
+        lo, hi = int(bounds[r]), int(bounds[r + 1])
+        # the first highest unit: slot before atom a comes before atom a
+        best_a = lo + int(np.argmax(atom_high[lo:hi])) if hi > lo else -1
+        best_s = lo + r + int(np.argmax(slot_high[lo + r:hi + r + 1]))
+        high_a = int(atom_high[best_a]) if best_a >= 0 else _NONE
+        high_s = int(slot_high[best_s])
+        in_slot = high_s > high_a or (high_s == high_a and best_s - r <= best_a)
+        dyn = high_s if in_slot else high_a
+        if dyn <= 0:
             out.append(PeakRecord(r, static_total, 0.0, -1, statics))
             continue
-        k = u - r
-        a = k // 2                         # the atom of the unit, or the one the slot precedes
+        a = best_s - r if in_slot else best_a    # the atom of the unit, or the one the slot precedes
         cats = statics + np.bincount(tid[int(bounds[r]):a], minlength=len(keys)) @ tab["by_cat"]
         s = a + r                          # the slot before atom a
         first_slot = int(bounds[r]) + r
         p2p_bytes = int(s_cum[s] - s_cum[first_slot])
-        if k % 2 == 0:                     # a slot: its last allocation (a receive if any)
+        if in_slot:                        # a slot: its last allocation (a receive if any)
             i = np.nonzero(recv_slot == s)[0]
             if len(i):
                 time, atom = float(p2p.posted_time[i[0]]), int(p2p.recv[i[0]])
