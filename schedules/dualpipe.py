@@ -102,11 +102,13 @@ class _RankProgram:
 
     def fb_pairs(self, count: int) -> None:
         """``count`` iterations of (FB(F0, B1), FB(F1, B0)) at once: each counter steps by one
-        per iteration, so the ops are a comprehension over the iteration index."""
+        per iteration, so each half of the pairs is a comprehension over the iteration index."""
         c0, c1 = self._flip, 1 ^ self._flip           # chunks of phases 0 and 1
         f0, f1, b0, b1 = self._next_f[c0], self._next_f[c1], self._next_b[c0], self._next_b[c1]
-        self.ops.extend(op for i in range(count)
-                        for op in (FB_of(f0 + i, c0, b1 + i, c1), FB_of(f1 + i, c1, b0 + i, c0)))
+        pairs = [None] * (2 * max(count, 0))
+        pairs[0::2] = [FB_of(f0 + i, c0, b1 + i, c1) for i in range(count)]
+        pairs[1::2] = [FB_of(f1 + i, c1, b0 + i, c0) for i in range(count)]
+        self.ops.extend(pairs)
         for counter, chunk in ((self._next_f, c0), (self._next_f, c1), (self._next_b, c0), (self._next_b, c1)):
             counter[chunk] += count
 
