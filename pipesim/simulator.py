@@ -219,10 +219,8 @@ def run(schedule, timing: Timing) -> Spans:
     if len(prod) and np.bincount(prod).max() > 1:
         raise ScheduleError(f"{schedule.name}: an output consumed on two other ranks is not supported")
     dep = np.full(n, -1, dtype=np.int64)
-    delay = np.zeros(n)
     consumer = np.full(n, -1, dtype=np.int64)
     dep[cons] = prod
-    delay[cons] = hop[flat.stage[prod]]
     consumer[prod] = cons
     f, b, w = (np.asarray(x, dtype=np.float64) for x in (timing.f, timing.b, timing.w))
     st = flat.stage
@@ -241,11 +239,13 @@ def run(schedule, timing: Timing) -> Spans:
     # consumer during the run or by numpy afterwards, so both see the same float.
     starts: list = [None] * n
     waiter: list = [None] * n          # the event a rank process waits on for atom i's start
-    depl, delayl, durl = dep.tolist(), delay.tolist(), dur.tolist()
+    # an output reaches its consumer at start + (duration + hop): its lag, one number per atom
+    lag = dur + hop[flat.stage]
+    depl, lagl, durl = dep.tolist(), lag.tolist(), dur.tolist()
     new_event = partial(simpy.Event, env)
 
     # The hot loops take their lists as default arguments: local names are CPython's fastest.
-    def walk(r, lo, hi, depl=depl, delayl=delayl, durl=durl, starts=starts, waiter=waiter,
+    def walk(r, lo, hi, depl=depl, lagl=lagl, durl=durl, starts=starts, waiter=waiter,
              new_event=new_event):
         """Rank r's atoms lo..hi-1, none of them half of an FB: the hot loop, kept minimal."""
         t = 0.0
@@ -257,7 +257,7 @@ def run(schedule, timing: Timing) -> Spans:
                     ev = waiter[p] = new_event()
                     yield ev
                     s = starts[p]
-                s = s + durl[p] + delayl[i]          # the input's arrival
+                s += lagl[p]                         # the input's arrival
                 if s > t:
                     t = s
             starts[i] = t
@@ -272,13 +272,12 @@ def run(schedule, timing: Timing) -> Spans:
     # the forward half directly.
     pair = np.nonzero(flat.paired)[0]
     dep2 = np.full(n, -1, dtype=np.int64)
-    delay2 = np.zeros(n)
-    dep2[pair], delay2[pair] = dep[pair + 1], delay[pair + 1]
+    dep2[pair] = dep[pair + 1]
     first_dep = dep.copy()
     first_dep[pair + 1] = -1
-    dep2l, delay2l = dep2.tolist(), delay2.tolist()
+    dep2l = dep2.tolist()
 
-    def walk_pairs(r, lo, hi, depl=first_dep.tolist(), delayl=delayl, dep2l=dep2l, delay2l=delay2l,
+    def walk_pairs(r, lo, hi, depl=first_dep.tolist(), lagl=lagl, dep2l=dep2l,
                    durl=durl, starts=starts, waiter=waiter, new_event=new_event):
         """Like ``walk``, for a rank with FB ops (see above)."""
         t = 0.0
@@ -290,7 +289,7 @@ def run(schedule, timing: Timing) -> Spans:
                     ev = waiter[p] = new_event()
                     yield ev
                     s = starts[p]
-                s = s + durl[p] + delayl[i]
+                s += lagl[p]
                 if s > t:
                     t = s
             p = dep2l[i]
@@ -300,7 +299,7 @@ def run(schedule, timing: Timing) -> Spans:
                     ev = waiter[p] = new_event()
                     yield ev
                     s = starts[p]
-                s = s + durl[p] + delay2l[i]
+                s += lagl[p]
                 if s > t:
                     t = s
             starts[i] = t
@@ -329,6 +328,6 @@ def run(schedule, timing: Timing) -> Spans:
     endv = start + dur
     arrival = np.full(n, np.nan)
     has = consumer >= 0
-    arrival[has] = endv[has] + hop[flat.stage[has]]
+    arrival[has] = start[has] + lag[has]
     return Spans(flat.rank, flat.seq, flat.op_index, flat.kind, flat.stage, flat.chunk,
                  flat.direction, flat.mb, start, endv, consumer, dep, arrival)
