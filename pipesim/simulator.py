@@ -271,15 +271,15 @@ def run(schedule, timing: Timing) -> Spans:
     # backward half's input moves to dep2 of the forward half), the backward half then follows
     # the forward half directly.
     pair = np.nonzero(flat.paired)[0]
-    dep2 = np.full(n, -1, dtype=np.int64)
-    dep2[pair] = dep[pair + 1]
     first_dep = dep.copy()
     first_dep[pair + 1] = -1
-    dep2l = dep2.tolist()
+    dep2 = np.full(n, -1, dtype=np.int64)
+    dep2[pair] = dep[pair + 1]
 
-    def walk_pairs(r, lo, hi, depl=first_dep.tolist(), lagl=lagl, dep2l=dep2l,
-                   durl=durl, starts=starts, waiter=waiter, new_event=new_event):
+    def walk_pairs(r, lo, hi, lagl=lagl, durl=durl, starts=starts, waiter=waiter,
+                   new_event=new_event):
         """Like ``walk``, for a rank with FB ops (see above)."""
+        depl, dep2l = pair_lists
         t = 0.0
         for i in range(lo, hi):
             p = depl[i]
@@ -309,11 +309,12 @@ def run(schedule, timing: Timing) -> Spans:
                 ev.succeed()
             t += durl[i]
 
-    paired = flat.paired.tolist()
+    pair_lists = (first_dep.tolist(), dep2.tolist()) if len(pair) else None
     procs = []
     for r in range(len(schedule.ranks)):
         lo, hi = bounds[r], bounds[r + 1]
-        procs.append(env.process((walk_pairs if any(paired[lo:hi]) else walk)(r, lo, hi)))
+        with_pairs = len(pair) and flat.paired[lo:hi].any()
+        procs.append(env.process((walk_pairs if with_pairs else walk)(r, lo, hi)))
     with _collector_paused():
         env.run()
     stuck = [r for r, proc in enumerate(procs) if proc.is_alive]
