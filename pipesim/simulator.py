@@ -179,12 +179,13 @@ def _dependencies(schedule, flat: _Flat) -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 @contextmanager
-def _collector_paused():
-    """Pause Python's cyclic garbage collector while the rank processes run.
+def collector_paused():
+    """Pause Python's cyclic garbage collector (while the rank processes run, and around all of
+    ``pipesim.simulate``).
 
-    A step creates tens of thousands of short-lived SimPy events, and the collector would walk
-    every live object many times over (~10% of the run); nothing in the run needs it, and
-    whatever cycles it leaves are collected once it is back on."""
+    A step creates tens of thousands of short-lived objects (SimPy events, ops, arrays), and
+    the collector would walk every live object again and again (~5-10% of a run); nothing here
+    relies on it, and whatever cycles are left are collected once it is back on."""
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -315,7 +316,7 @@ def run(schedule, timing: Timing) -> Spans:
         lo, hi = bounds[r], bounds[r + 1]
         with_pairs = len(pair) and flat.paired[lo:hi].any()
         procs.append(env.process((walk_pairs if with_pairs else walk)(r, lo, hi)))
-    with _collector_paused():
+    with collector_paused():
         env.run()
     stuck = [r for r, proc in enumerate(procs) if proc.is_alive]
     if stuck:
