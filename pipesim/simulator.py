@@ -7,9 +7,11 @@ p2p latency + bytes / bandwidth. The dependency rules themselves live in ``sched
 Durations are known when an op starts, so its end is known then too. A rank process therefore
 advances its own clock through every op whose inputs are already scheduled, and yields to SimPy
 only to wait for an input whose producer has not started yet (one event per such op, never per
-layer or byte). Each such wait resumes exactly when the producer is scheduled, so every start
-time is ``max(rank free, inputs arrived)`` — the same rule, evaluated with fewer context
-switches. Memory is not touched here: ``pipesim.memory`` lays it over the recorded spans.
+layer or byte; in 1F1B about one per F/B pair, as neighbouring ranks feed each other). Each
+such wait resumes exactly when the producer is scheduled, so every start time is
+``max(rank free, inputs arrived)`` — the same rule, evaluated with fewer context switches. An
+output arrives at ``start + (duration + hop)``. Memory is not touched here: ``pipesim.memory``
+lays it over the recorded spans.
 
 Before the run the schedule is flattened into numpy arrays, one row per atom (F, B, W; an FB op
 gives two), and each atom's inputs become atom indices: ``schedules.graph.inputs`` is asked once
