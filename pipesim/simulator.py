@@ -281,7 +281,8 @@ def run(schedule, timing: Timing) -> Spans:
 
     def walk_pairs(r, lo, hi, lagl=lagl, durl=durl, starts=starts, waiter=waiter,
                    new_event=new_event):
-        """Like ``walk``, for a rank with FB ops (see above)."""
+        """Like ``walk``, for a rank with FB ops (see above). The second dependency repeats the
+        first's lines on purpose: a loop over both would cost a tuple per atom in the hot loop."""
         depl, dep2l = pair_lists
         t = 0.0
         for i in range(lo, hi):
