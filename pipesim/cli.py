@@ -21,7 +21,7 @@ from pipesim.scenario import ScenarioError, load_scenario
 def _run(args) -> int:
     from pipesim.api import simulate
     from pipesim.export import summary_json, text_writer, timeline_csv, trace_json, write_outputs
-    from pipesim.plots import memory_png, schedule_png
+    from pipesim.plots import memory_png, peaks_png, schedule_png
     from pipesim.report import peak_table
 
     sc = load_scenario(args.scenario)
@@ -32,6 +32,7 @@ def _run(args) -> int:
         "summary.json": text_writer(summary_json(res)),
         "timeline.csv": text_writer(timeline_csv(res)),
         "memory.png": lambda p: memory_png(res, p),
+        "peaks.png": lambda p: peaks_png(res, p),
         "schedule.png": lambda p: schedule_png(res, p),
         "trace.json": text_writer(trace_json(res)),
     })
@@ -58,7 +59,7 @@ def _schedule(args) -> int:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pipesim", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("run", help="simulate a scenario: per-rank peak table + summary.json, timeline.csv, memory.png, schedule.png, trace.json")
+    r = sub.add_parser("run", help="simulate a scenario: per-rank peak table + summary.json, timeline.csv, memory.png, peaks.png, schedule.png, trace.json")
     r.add_argument("scenario", help="scenario TOML file")
     r.add_argument("-o", "--output", help="output folder (default results/<scenario name>)")
     r.set_defaults(func=_run)

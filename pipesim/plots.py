@@ -1,5 +1,6 @@
-"""Pictures for people: ``memory.png``, the stacked memory timeline of the peak rank above the
-total of every rank, in GiB over ms, with the device capacity and the peak marked."""
+"""Pictures for people, in GiB over ms, with the device capacity and the peaks marked:
+``memory.png`` (the peak rank's stacked timeline above every rank's total), ``peaks.png``
+(what each rank's peak is made of) and ``schedule.png`` (every rank's ops over time)."""
 from __future__ import annotations
 
 import matplotlib
@@ -111,6 +112,41 @@ def schedule_png(result, path) -> None:
     sc = result.scenario
     ax.set_title(f"{sc.name}: {sc.schedule.name} op timeline, pp={result.ranks}, "
                  f"{sc.microbatches} micro-batches, step {result.makespan * 1e3:.1f} ms")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def peaks_png(result, path) -> None:
+    """Write one stacked bar per rank: its peak, split by category, against the device."""
+    names = list(CATEGORIES) + ["fragmentation"]
+    peaks = result.peaks
+    ranks = np.arange(result.ranks)
+    fig, ax = plt.subplots(figsize=(min(4 + 0.45 * result.ranks, 16), 5.5))
+    bottom = np.zeros(result.ranks)
+    for name in names:
+        gib = np.array([p.breakdown[name] for p in peaks]) / GIB
+        if gib.max() > 0:
+            ax.bar(ranks, gib, bottom=bottom, color=_COLORS[name], label=name, width=0.8)
+            bottom += gib
+    cap = result.capacity_bytes / GIB
+    ax.axhline(cap, color="black", linestyle="--", linewidth=1)
+    ax.text(0.002, cap, f" device {cap:.0f} GiB", transform=ax.get_yaxis_transform(), va="bottom", fontsize=8)
+    pr = result.peak_rank
+    for p in peaks:
+        over = p.bytes > result.capacity_bytes
+        ax.text(p.rank, p.bytes / GIB, f"{p.bytes / GIB:.1f}", ha="center", va="bottom", fontsize=7,
+                color="red" if over else "black", fontweight="bold" if p.rank == pr else "normal")
+    ax.set_xticks(ranks)
+    ax.set_xticklabels([f"{r}*" if r == pr else str(r) for r in ranks], fontsize=7)
+    ax.set_xlabel("pipeline rank (* = the peak rank)")
+    ax.set_ylabel("GiB at the rank's peak")
+    ax.set_ylim(0, max(cap, bottom.max()) * 1.15)
+    sc = result.scenario
+    verdict = "fits" if all(result.fits(r) for r in ranks) else "does NOT fit"
+    ax.set_title(f"{sc.name}: every rank's peak by category — {sc.schedule.name}, pp={result.ranks}, "
+                 f"{sc.microbatches} micro-batches ({verdict})")
     ax.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

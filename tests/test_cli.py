@@ -22,7 +22,7 @@ def test_run_writes_outputs_and_summary_is_byte_identical(tmp_path):
     for out in (a, b):
         p = cli("run", TINY, "-o", out)
         assert p.returncode == 0, p.stderr
-        assert sorted(f.name for f in out.iterdir()) == ["memory.png", "schedule.png", "summary.json",
+        assert sorted(f.name for f in out.iterdir()) == ["memory.png", "peaks.png", "schedule.png", "summary.json",
                                                         "timeline.csv", "trace.json"]
     assert (a / "summary.json").read_bytes() == (b / "summary.json").read_bytes()
     summary = json.loads((a / "summary.json").read_text())
