@@ -17,12 +17,13 @@ Lifetimes (per layer j of a stage, per micro-batch):
 - logits: the head's FP32 logits, from the head's forward to the end of its backward (the loss
   gradient needs the softmax).
 - p2p: stage-boundary tensors between ranks. The host takes and returns these buffers between
-  ops, so they change only at op boundaries (a "slot" between two consecutive ops of a rank):
-  the sender holds its op's output from that op's end until the start of the first op it
-  launches after the transfer has arrived (or, with nothing left to launch, until arrival or its
-  last op's end, whichever is later); the receiver posts its receive buffer when the op before
-  the consumer ends (at t = 0 if the consumer is its first op) and hands it to the consumer
-  when that starts. In a slot, allocations come before releases (they are never later in time).
+  ops, so they change only at op boundaries (a "slot" between two consecutive atoms of a rank;
+  an FB's two halves are two atoms): the sender holds an atom's output from that atom's end
+  until the start of the first atom it runs after the transfer has arrived (or, with nothing
+  left to run, until arrival or its last end, whichever is later); the receiver posts its
+  receive buffer when the op before the consuming op ends (at t = 0 if there is none; an FB is
+  one op, so both its inputs are posted before it) and hands it over when the consuming atom
+  starts. In a slot, allocations come before releases (they are never later in time).
 - weights, grads, optimizer, comm_buffers: static, from t = 0.
 Fragmentation is not a ledger entry: it is ``fraction × allocated`` and is added by ``Result``.
 Every delta is rounded up to the allocator's granularity, the same on allocation and release.
@@ -151,9 +152,8 @@ class P2PBuffers:
 
     Positions are slots between a rank's atoms: slot ``a + rank[a]`` is "just before atom a",
     where ``a`` may be one past the rank's last atom (the slot after it); the ``+ rank`` keeps one
-    rank's end apart from the next rank's start. In a slot, allocations (send, then receive)
-    come before releases (send, then receive); the receive buffer is allocated and released in
-    the same slot.
+    rank's end apart from the next rank's start. In a slot, allocations (sends, then receives)
+    come before releases (sends, then receives).
     """
 
     send: np.ndarray           # producer atoms
@@ -165,8 +165,9 @@ class P2PBuffers:
     recv: np.ndarray           # consumer atoms
     recv_rank: np.ndarray
     recv_bytes: np.ndarray
-    posted_time: np.ndarray    # the end of the op before the consumer (0: none); slot: recv + rank
-    consumed_time: np.ndarray  # the consumer's start; same slot
+    posted_slot: np.ndarray    # before the consumer's op (an FB's first half)
+    posted_time: np.ndarray    # the end of the op before it (0: none)
+    consumed_time: np.ndarray  # the consumer's start; slot: recv + rank
 
     @property
     def sent_slot(self) -> np.ndarray:
@@ -181,19 +182,21 @@ class P2PBuffers:
         time = np.concatenate([self.sent_time, self.posted_time, self.release_time, self.consumed_time])
         rank = np.concatenate([self.send_rank, self.recv_rank, self.send_rank, self.recv_rank])
         delta = np.concatenate([self.send_bytes, self.recv_bytes, -self.send_bytes, -self.recv_bytes])
-        slot = np.concatenate([self.sent_slot, self.recv_slot, self.release_slot, self.recv_slot])
+        slot = np.concatenate([self.sent_slot, self.posted_slot, self.release_slot, self.recv_slot])
         atom = np.concatenate([self.send, self.recv, self.send, self.recv])
-        order = np.argsort(slot * 2 + (delta < 0), kind="stable")   # four runs in slot order
+        release = np.repeat([0, 0, 1, 1], [len(self.send), len(self.recv)] * 2)
+        order = np.argsort(slot * 2 + release, kind="stable")      # four runs, each in slot order
         return time[order], rank[order], delta[order], slot[order], atom[order]
 
 
 def p2p_buffers(spans, boundary_bytes) -> P2PBuffers:
     """The p2p buffers of every cross-rank edge (see the module docstring for their lifetimes).
 
-    Per edge producer p -> consumer c (b = the boundary bytes of p's stage):
+    Per edge producer p -> consumer c (b = the boundary bytes of p's stage), with c0 the first
+    atom of c's op (c - 1 when c is the backward half of an FB, else c):
         sender:   +b at end[p], slot after p;   -b at start[q], slot before q, q the first atom
                   after p with start[q] >= arrival (none: at max(arrival, rank's last end), last slot)
-        receiver: +b at end[c - 1], slot before c (t = 0 if c is the rank's first atom);
+        receiver: +b at end[c0 - 1], slot before c0 (t = 0 if c0 is the rank's first atom);
                   -b at start[c], slot before c
     """
     rank = spans.rank.astype(np.int64)
@@ -203,21 +206,27 @@ def p2p_buffers(spans, boundary_bytes) -> P2PBuffers:
     send = np.nonzero(spans.consumer >= 0)[0]
     recv = np.nonzero(spans.producer >= 0)[0]
     send_rank, recv_rank = rank[send], rank[recv]
-    last = bounds[send_rank + 1]                     # one past the sender rank's last atom
-    # the first atom after p that starts no earlier than arrival (usually p + 1 or p + 2)
-    q = send + 1
+    # the first atom after p that starts no earlier than the arrival (starts never decrease
+    # along a rank, so a binary search per rank finds it)
     arrival = spans.arrival[send]
-    while True:
-        later = (q < last) & (spans.start[np.minimum(q, n - 1)] < arrival)
-        if not later.any():
-            break
-        q = q + later
+    q = np.empty(len(send), dtype=np.int64)
+    by_rank = np.searchsorted(send_rank, np.arange(ranks + 1))
+    for r in range(ranks):
+        sel = slice(by_rank[r], by_rank[r + 1])
+        lo, hi = bounds[r], bounds[r + 1]
+        q[sel] = lo + np.searchsorted(spans.start[lo:hi], arrival[sel], "left")
+    q = np.maximum(q, send + 1)
+    last = bounds[send_rank + 1]                     # one past the sender rank's last atom
     release = np.where(q < last, spans.start[np.minimum(q, n - 1)],
                        np.maximum(arrival, spans.end[last - 1]))
-    posted = np.where(bounds[recv_rank] == recv, 0.0, spans.end[np.maximum(recv - 1, 0)])
+    # an FB is one op: the input of its backward half is posted before its forward half
+    prev = np.maximum(recv - 1, 0)
+    in_pair = (recv > bounds[recv_rank]) & (spans.op_index[prev] == spans.op_index[recv])
+    first = np.where(in_pair, recv - 1, recv)
+    posted = np.where(bounds[recv_rank] == first, 0.0, spans.end[np.maximum(first - 1, 0)])
     return P2PBuffers(send, send_rank, nbytes[spans.stage[send]], spans.end[send], q + send_rank,
-                      release, recv, recv_rank, nbytes[spans.stage[spans.producer[recv]]], posted,
-                      spans.start[recv])
+                      release, recv, recv_rank, nbytes[spans.stage[spans.producer[recv]]],
+                      first + recv_rank, posted, spans.start[recv])
 
 
 def build_ledger(spans, templates, static_bytes, p2p: P2PBuffers) -> Ledger:

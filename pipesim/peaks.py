@@ -68,7 +68,9 @@ def _template_table(templates: dict, keys) -> dict:
 
 def find_peaks(spans, templates: dict, static_bytes, p2p) -> list[PeakRecord]:
     """The peak record of every rank, as ``build_ledger`` + cumulative sum + first argmax would
-    find it (same inputs as ``build_ledger``)."""
+    find it (same inputs as ``build_ledger``). A rank whose dynamic memory never rises above
+    zero peaks at its static records (t = 0); every rank of a scenario holds weights, so it has
+    some."""
     ranks = len(static_bytes)
     n = len(spans.start)
     rank = spans.rank.astype(np.int64)
@@ -83,14 +85,15 @@ def find_peaks(spans, templates: dict, static_bytes, p2p) -> list[PeakRecord]:
     keys = [(int(u) // 4, int(u) % 4) for u in used.tolist()]
     tab = _template_table(templates, keys)
 
-    # slots: allocations (send, then receive buffers) come before releases; a receive buffer
-    # is released in the slot it was allocated in, so only send buffers move a slot's net
+    # slots: allocations (sends, then receives posted) come before releases
     n_slots = n + ranks
-    sent_slot, recv_slot = p2p.sent_slot, p2p.recv_slot
+    sent_slot, posted_slot = p2p.sent_slot, p2p.posted_slot
     sb, rb = p2p.send_bytes.astype(np.float64), p2p.recv_bytes.astype(np.float64)
-    s_sent = np.bincount(sent_slot, weights=sb, minlength=n_slots)
-    s_alloc = (s_sent + np.bincount(recv_slot, weights=rb, minlength=n_slots)).round().astype(np.int64)
-    s_net = (s_sent - np.bincount(p2p.release_slot, weights=sb, minlength=n_slots)).round().astype(np.int64)
+    s_alloc = np.bincount(sent_slot, weights=sb, minlength=n_slots) + np.bincount(posted_slot, weights=rb, minlength=n_slots)
+    s_free = (np.bincount(p2p.release_slot, weights=sb, minlength=n_slots)
+              + np.bincount(p2p.recv_slot, weights=rb, minlength=n_slots))
+    s_net = (s_alloc - s_free).round().astype(np.int64)
+    s_alloc = s_alloc.round().astype(np.int64)
     s_cum = np.concatenate([[0], np.cumsum(s_net)])    # s_cum[s]: nets of slots before s
 
     # levels relative to the rank's start: before slot s (rank r, preceding atom s - r) come the
@@ -126,13 +129,13 @@ def find_peaks(spans, templates: dict, static_bytes, p2p) -> list[PeakRecord]:
         s = a + r                          # the slot before atom a
         first_slot = int(bounds[r]) + r
         p2p_bytes = int(s_cum[s] - s_cum[first_slot])
-        if in_slot:                        # a slot: its last allocation (a receive if any)
-            i = np.nonzero(recv_slot == s)[0]
+        if in_slot:                        # a slot: its last allocation that adds bytes
+            i = np.nonzero((posted_slot == s) & (p2p.recv_bytes > 0))[0]
             if len(i):
-                time, atom = float(p2p.posted_time[i[0]]), int(p2p.recv[i[0]])
+                time, atom = float(p2p.posted_time[i[-1]]), int(p2p.recv[i[-1]])
             else:
-                i = np.nonzero(sent_slot == s)[0]
-                time, atom = float(p2p.sent_time[i[0]]), int(p2p.send[i[0]])
+                i = np.nonzero((sent_slot == s) & (p2p.send_bytes > 0))[0]
+                time, atom = float(p2p.sent_time[i[-1]]), int(p2p.send[i[-1]])
             p2p_bytes += int(s_alloc[s])
         else:                              # an atom: its template's highest record
             t = int(tid[a])

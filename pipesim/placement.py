@@ -74,3 +74,14 @@ def stage_plans(model, placement, counts: tuple[int, ...]) -> tuple[StagePlan, .
                                s == mtp and model.mtp_modules > 0))
         first += c
     return tuple(plans)
+
+
+def split_text(counts) -> str:
+    """Layers per stage as people read them, runs folded: ``(4,)*15 + (1,)`` → ``[4]*15 + [1]``."""
+    runs = []
+    for c in counts:
+        if runs and runs[-1][0] == c:
+            runs[-1][1] += 1
+        else:
+            runs.append([c, 1])
+    return " + ".join(f"[{c}]*{n}" if n > 1 else f"[{c}]" for c, n in runs)

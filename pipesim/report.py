@@ -1,4 +1,5 @@
-"""The per-rank peak table that ``pipesim run`` prints, and its one-line verdict."""
+"""The per-rank peak table that ``pipesim run`` prints, its one-line verdict, and the helpers the
+other tables (``compare``, ``sweep``) share: aligned columns and a step's mean bubble."""
 from __future__ import annotations
 
 from pipesim.memory import GIB
@@ -22,14 +23,10 @@ def peak_table(result) -> str:
                     [f"{transient / GIB:.2f}", f"{other / GIB:.2f}", f"{(result.capacity_bytes - p.bytes) / GIB:+.2f}",
                      "yes" if p.bytes <= result.capacity_bytes else "NO",
                      f"{result.bubble_fraction(p.rank):.1%}", p.op])
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
-    fmt = lambda cells: "  ".join(c.rjust(w) if i < len(cells) - 1 else c  # noqa: E731
-                                  for i, (c, w) in enumerate(zip(cells, widths)))
     lines = [f"{sc.name}: {sc.schedule.name}, pp={result.ranks}, {sc.microbatches} micro-batches, "
              f"{result.workload.schedule.num_stages} stages, step {result.makespan * 1e3:.1f} ms "
-             f"(simulated), device {result.capacity_bytes / GIB:.0f} GiB",
-             fmt(head), fmt(["-" * w for w in widths])]
-    lines += [fmt(r) for r in rows]
+             f"(simulated), device {result.capacity_bytes / GIB:.0f} GiB"]
+    lines += aligned(head, rows)
     lines.append("(GiB = 2**30 bytes; 'transient' = workspace + a2a + gather of the running layer; "
                  "'other' = logits, p2p, comm buffers, fragmentation; * = peak rank)")
     lines.append(verdict(result))
@@ -46,3 +43,21 @@ def verdict(result) -> str:
     return (f"DOES NOT FIT: rank {worst.rank} peaks at {worst.bytes / GIB:.2f} GiB, "
             f"{(worst.bytes - cap) / GIB:.2f} GiB over the {cap / GIB:.0f} GiB device "
             f"({len(over)} of {result.ranks} ranks over)")
+
+
+def aligned(head: list[str], rows: list[list[str]], left: int = 0) -> list[str]:
+    """Header, dashes and rows as text lines: the first ``left`` columns left-aligned, the last
+    one unpadded, the others right-aligned."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
+
+    def fmt(cells):
+        out = []
+        for i, (c, w) in enumerate(zip(cells, widths)):
+            out.append(c if i == len(cells) - 1 else c.ljust(w) if i < left else c.rjust(w))
+        return "  ".join(out)
+    return [fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows]
+
+
+def mean_bubble(result) -> float:
+    """The idle share of the step, averaged over the ranks."""
+    return sum(result.bubble_fraction(r) for r in range(result.ranks)) / result.ranks

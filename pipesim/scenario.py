@@ -6,10 +6,15 @@ overheads, timing → this module). Unknown keys, wrong types and impossible lay
 reported as one ``ScenarioError`` naming the file, the key path and what is allowed; the CLI
 prints it and exits with status 2.
 
+Overrides change the file's values before validation, so a bad override is refused exactly as
+the same value written in the file would be. Keys are dotted paths into the TOML tables:
+
     sc = load_scenario("scenarios/v3_pp16.toml")
+    sc = load_scenario("scenarios/tiny.toml", {"training.microbatches": 16, "schedule.name": "gpipe"})
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import tomllib
 import types
@@ -174,8 +179,13 @@ _SECTIONS = ("name", "model", "parallel", "placement", "training", "schedule", "
              "overheads", "timing")
 
 
-def load_scenario(path: str | Path) -> Scenario:
-    """Read and validate a scenario file; raise ``ScenarioError`` naming file, key and what is allowed."""
+def load_scenario(path: str | Path, overrides: dict | None = None) -> Scenario:
+    """Read and validate a scenario file; raise ``ScenarioError`` naming file, key and what is allowed.
+
+    ``overrides`` maps dotted keys (``"training.microbatches"``, ``"parallel.pp"``, ``"name"``)
+    to values as TOML would give them (``16``, ``"zb-h1"``, ``[4, 4, 1]``); they replace the
+    file's values before validation. ``None`` as a value removes the key (its default applies).
+    """
     path = Path(path)
     try:
         with open(path, "rb") as fh:
@@ -185,9 +195,41 @@ def load_scenario(path: str | Path) -> Scenario:
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"{path}: not valid TOML: {exc}") from None
     try:
-        return _build(raw, path)
+        return _build(apply_overrides(raw, overrides or {}), path)
     except ScenarioError as exc:
         raise ScenarioError(f"{path}: {exc}") from None
+
+
+def apply_overrides(raw: dict, overrides: dict) -> dict:
+    """A copy of the parsed TOML ``raw`` with each dotted key of ``overrides`` set (or removed,
+    for ``None``); missing tables are created. Which keys are allowed is left to validation, so an
+    unknown key is refused with the same message as in a file."""
+    out = copy.deepcopy(raw)
+    for dotted, value in overrides.items():
+        parts = str(dotted).split(".")
+        if not all(p.strip() == p and p for p in parts):
+            raise ScenarioError(f"{dotted!r}: not a key path; expected dotted names such as "
+                                f"training.microbatches or hardware.memory_gib")
+        table = out
+        for i, part in enumerate(parts[:-1]):
+            table = table.setdefault(part, {})
+            if not isinstance(table, dict):
+                raise ScenarioError(f"{'.'.join(parts[:i + 1])}: {table!r} is a value, not a table; "
+                                    f"cannot set {dotted}")
+        if value is None:
+            table.pop(parts[-1], None)
+        else:
+            table[parts[-1]] = _as_toml(value)
+    return out
+
+
+def _as_toml(value):
+    """``value`` in the form ``tomllib`` gives (tuples become lists), copied."""
+    if isinstance(value, (list, tuple)):
+        return [_as_toml(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _as_toml(v) for k, v in value.items()}
+    return value
 
 
 def _build(raw: dict, path: Path) -> Scenario:

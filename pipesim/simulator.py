@@ -41,7 +41,6 @@ class Spans:
     """One row per executed atom (F, B, BI, W), grouped by rank in execution order."""
 
     rank: np.ndarray       # int32
-    seq: np.ndarray        # int64: position of the atom in its rank's atom sequence
     op_index: np.ndarray   # int64: position of the enclosing op in schedule.ranks[rank]
     kind: np.ndarray       # int8: KIND_F, KIND_B, KIND_BI, KIND_W
     stage: np.ndarray      # int32 model stage
@@ -52,7 +51,7 @@ class Spans:
     end: np.ndarray        # float64 seconds
     consumer: np.ndarray   # int64: the cross-rank atom that receives this atom's output (-1: none)
     producer: np.ndarray   # int64: the cross-rank atom whose output this atom receives (-1: none)
-    arrival: np.ndarray    # float64: when that output arrives there (nan: none)
+    arrival: np.ndarray    # float64: when this atom's output reaches its consumer (nan: none)
 
 
 @dataclass(frozen=True)
@@ -238,8 +237,8 @@ def run(schedule, timing: Timing) -> Spans:
             dur[i], dur[i + 1] = df * scale, db * scale
     bounds = np.searchsorted(flat.rank, np.arange(len(schedule.ranks) + 1)).tolist()
     env = simpy.Environment()
-    # Only starts are kept: an atom's end is start + duration, the same sum whether taken by its
-    # consumer during the run or by numpy afterwards, so both see the same float.
+    # Only starts are kept: an atom's end is start + duration and its output's arrival
+    # start + lag, sums numpy takes again afterwards with the same operands, so the same floats.
     starts: list = [None] * n
     waiter: list = [None] * n          # the event a rank process waits on for atom i's start
     # an output reaches its consumer at start + (duration + hop): its lag, one number per atom
@@ -248,7 +247,7 @@ def run(schedule, timing: Timing) -> Spans:
     new_event = partial(simpy.Event, env)
 
     # The hot loops take their lists as default arguments: local names are CPython's fastest.
-    def walk(r, lo, hi, depl=depl, lagl=lagl, durl=durl, starts=starts, waiter=waiter,
+    def walk(lo, hi, depl=depl, lagl=lagl, durl=durl, starts=starts, waiter=waiter,
              new_event=new_event):
         """Rank r's atoms lo..hi-1, none of them half of an FB: the hot loop, kept minimal."""
         t = 0.0
@@ -278,12 +277,13 @@ def run(schedule, timing: Timing) -> Spans:
     first_dep[pair + 1] = -1
     dep2 = np.full(n, -1, dtype=np.int64)
     dep2[pair] = dep[pair + 1]
+    pair_lists = (first_dep.tolist(), dep2.tolist()) if len(pair) else (None, None)
 
-    def walk_pairs(r, lo, hi, lagl=lagl, durl=durl, starts=starts, waiter=waiter,
-                   new_event=new_event):
-        """Like ``walk``, for a rank with FB ops (see above). The second dependency repeats the
-        first's lines on purpose: a loop over both would cost a tuple per atom in the hot loop."""
-        depl, dep2l = pair_lists
+    def walk_pairs(lo, hi, depl=pair_lists[0], dep2l=pair_lists[1], lagl=lagl, durl=durl,
+                   starts=starts, waiter=waiter, new_event=new_event):
+        """Like ``walk``, for a rank with FB ops (see above): ``depl`` here is the forward half's
+        own input, ``dep2l`` its backward half's. The second check repeats the first's lines on
+        purpose: a loop over both would cost a tuple per atom in the hot loop."""
         t = 0.0
         for i in range(lo, hi):
             p = depl[i]
@@ -313,12 +313,11 @@ def run(schedule, timing: Timing) -> Spans:
                 ev.succeed()
             t += durl[i]
 
-    pair_lists = (first_dep.tolist(), dep2.tolist()) if len(pair) else None
     procs = []
     for r in range(len(schedule.ranks)):
         lo, hi = bounds[r], bounds[r + 1]
         with_pairs = len(pair) and flat.paired[lo:hi].any()
-        procs.append(env.process((walk_pairs if with_pairs else walk)(r, lo, hi)))
+        procs.append(env.process((walk_pairs if with_pairs else walk)(lo, hi)))
     with collector_paused():
         env.run()
     stuck = [r for r, proc in enumerate(procs) if proc.is_alive]
@@ -334,5 +333,5 @@ def run(schedule, timing: Timing) -> Spans:
     arrival = np.full(n, np.nan)
     has = consumer >= 0
     arrival[has] = start[has] + lag[has]
-    return Spans(flat.rank, flat.seq, flat.op_index, flat.kind, flat.stage, flat.chunk,
+    return Spans(flat.rank, flat.op_index, flat.kind, flat.stage, flat.chunk,
                  flat.direction, flat.mb, start, endv, consumer, dep, arrival)

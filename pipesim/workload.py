@@ -62,10 +62,11 @@ def build_workload(sc, schedule=None) -> Workload:
     """Derive the workload of scenario ``sc`` (its schedule is built unless given)."""
     schedule = schedule or sc.build_schedule()
     plans = stage_plans(sc.model, sc.placement, sc.layers_per_stage)
+    # stages holding the same kinds of layers (and embedding, head, MTP) cost the same
+    shapes = [(tuple(sc.model.is_moe(i) for i in p.layers), p.embedding, p.head, p.mtp) for p in plans]
     costs, first_of_shape = [], {}
-    for p in plans:
-        shape = (tuple(sc.model.is_moe(i) for i in p.layers), p.embedding, p.head, p.mtp)
-        if shape in first_of_shape:        # the same kinds of layers cost the same
+    for p, shape in zip(plans, shapes):
+        if shape in first_of_shape:
             costs.append(relabel(first_of_shape[shape], p.layers))
         else:
             c = stage_costs(sc.model, sc.parallel, sc.training, p.layers,
@@ -77,10 +78,9 @@ def build_workload(sc, schedule=None) -> Workload:
     gran = sc.overheads.allocator_rounding
     hw, tm = sc.hardware, sc.timing
     f, b, w, hop, templates = [], [], [], [], {}
-    by_shape = {}   # stages that hold the same kinds of layers share their templates
-    for s, (c, p) in enumerate(zip(costs, plans)):
+    by_shape = {}   # and share their templates
+    for s, (c, shape) in enumerate(zip(costs, shapes)):
         rc = _recompute_flops(sc, c)
-        shape = (tuple(sc.model.is_moe(i) for i in p.layers), p.embedding, p.head, p.mtp)
         if shape not in by_shape:
             by_shape[shape] = build_templates(c, rc, gran)
         for kind, tpl in by_shape[shape].items():
