@@ -13,15 +13,15 @@ def _stage(name):
                       gather_bytes=0, boundary_bytes=8, logits_bytes=0, layers=(layer,))
 
 
-def _ledger(name, microbatches=1):
+def _ledger(name, microbatches=1, hop=0.5):
     sch = schedules.build(name, pp=2, microbatches=microbatches)
     stages = [_stage("layer 0"), _stage("layer 1")]
     templates = {}
     for s, st in enumerate(stages):
         for kind, tpl in build_templates(st, [0.0], 1).items():
             templates[(s, kind)] = tpl
-    # F = 1 s, full B = 2 s (of which W = 1 s), a hop between ranks 0.5 s.
-    spans = run(sch, Timing(f=(1.0, 1.0), b=(2.0, 2.0), w=(1.0, 1.0), hop=(0.5, 0.5)))
+    # F = 1 s, full B = 2 s (of which W = 1 s), a hop between ranks of `hop` s.
+    spans = run(sch, Timing(f=(1.0, 1.0), b=(2.0, 2.0), w=(1.0, 1.0), hop=(hop, hop)))
     static = [{"weights": 1000}, {"weights": 1000}]
     led = build_ledger(spans, templates, static, p2p_buffers(spans, (8, 8)))
     return [(float(t), int(r), CATEGORIES[c], int(d))
@@ -58,3 +58,21 @@ def test_split_backward_keeps_weight_gradient_inputs_until_w():
         deltas = [d for _, r, d in act if r == rank]
         assert sorted(deltas) == [-60, -40, 100]
         assert sum(deltas) == 0
+
+
+def test_a_slow_link_keeps_send_buffers_until_the_first_op_after_arrival():
+    # Worked by hand, GPipe, 2 ranks, 2 micro-batches, F = 1, B = 2, a hop of 2.5 (longer than F):
+    # rank 0 F0 [0,1] F1 [1,2]; rank 1 F0 [3.5,4.5] F1 [4.5,5.5] B0 [5.5,7.5] B1 [7.5,9.5];
+    # rank 0 B0 [10,12] (gradient arrives 7.5 + 2.5) B1 [12,14].
+    p2p = [(t, r, d) for t, r, c, d in _ledger("gpipe", microbatches=2, hop=2.5) if c == "p2p"]
+    assert p2p == [
+        # rank 0: F0's output arrives at 3.5, after F1 has started (at 1), so it is returned when
+        # the next op, B0, starts at 10; likewise F1's (arrival 4.5). B0's receive is posted when
+        # F1 ends (2); B1's when B0 ends, and taken at once.
+        (1.0, 0, 8), (2.0, 0, 8), (2.0, 0, 8), (10.0, 0, -8), (10.0, 0, -8), (10.0, 0, -8),
+        (12.0, 0, 8), (12.0, 0, -8),
+        # rank 1: F0's receive posted at 0 (first op), F1's when F0 ends; its outputs have no op
+        # after them, so each is returned at its arrival (10, 12).
+        (0.0, 1, 8), (3.5, 1, -8), (4.5, 1, 8), (4.5, 1, -8), (7.5, 1, 8), (9.5, 1, 8),
+        (10.0, 1, -8), (12.0, 1, -8),
+    ]
