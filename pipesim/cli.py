@@ -1,21 +1,66 @@
-"""Command line: ``python -m pipesim {run,model,schedule} ...``.
+"""Command line: ``python -m pipesim {run,validate,compare,sweep,model,schedule} ...``.
 
-    python -m pipesim run scenarios/v3_pp16.toml [-o DIR]
+    python -m pipesim run scenarios/v3_pp16.toml [-o DIR] [--set KEY=VALUE ...]
+    python -m pipesim validate scenarios/*.toml
+    python -m pipesim compare scenarios/v3_pp16.toml [--schedules 1f1b,zb-h1] [--microbatches 32] [-o DIR]
+    python -m pipesim sweep scenarios/tiny.toml training.microbatches 4 8 16 [-o DIR]
     python -m pipesim model scenarios/v3_pp16.toml [--json]
     python -m pipesim schedule 1f1b --pp 4 --microbatches 8 [--chunks 2]
 
-Bad input (a scenario or schedule that cannot run) prints one line naming the file, the key
-and what is allowed, and exits with status 2 without writing anything.
+``--set KEY=VALUE`` (repeatable; every verb that reads a scenario) overrides one value of the
+file before it is validated: KEY is a dotted path (``training.microbatches``, ``schedule.name``,
+``hardware.memory_gib``), VALUE a TOML value (``16``, ``"zb-h1"`` or bare ``zb-h1``,
+``[4, 4, 1]``, ``true``). Sweep values are written the same way.
+
+``run`` writes to ``results/<scenario>/``, ``compare`` to ``results/<scenario>-compare/``,
+``sweep`` to ``results/<scenario>-sweep-<key>/`` (or ``-o DIR``); ``validate`` writes nothing.
+Bad input (a scenario, an override or a schedule that cannot run) prints one line per problem
+naming the file, the key and what is allowed, and exits with status 2 without writing anything.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
+import tomllib
 from pathlib import Path
 
 import schedules
 from pipesim.scenario import ScenarioError, load_scenario
+
+
+class UsageError(ValueError):
+    """A malformed command-line argument (``--set``, a sweep value, a schedule list)."""
+
+
+# A bare word taken as a string when it is not a TOML value: zb-h1, 1f1b, os+g, auto.
+_BARE = re.compile(r"[^\s\"'\[\]{},=#]+")
+
+
+def parse_value(text: str, what: str):
+    """``text`` as a TOML value (``16``, ``2.5``, ``true``, ``"x"``, ``[4, 4, 1]``), or as a
+    string if it is one bare word; ``UsageError`` naming ``what`` otherwise."""
+    if "\n" not in text and "\r" not in text:
+        try:
+            return tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            if _BARE.fullmatch(text):
+                return text
+    raise UsageError(f"{what}: {text!r} is not a TOML value; write e.g. 16, 2.5, true, zb-h1, "
+                     f"\"a b\" or [4, 4, 1]")
+
+
+def parse_sets(items: list[str]) -> dict:
+    """``--set KEY=VALUE`` arguments as an overrides dict (later ones win)."""
+    out = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        if not eq or not key:
+            raise UsageError(f"--set {item!r}: expected KEY=VALUE, e.g. --set training.microbatches=16")
+        out[key] = parse_value(value.strip(), f"--set {key}")
+    return out
 
 
 def _run(args) -> int:
@@ -24,7 +69,7 @@ def _run(args) -> int:
     from pipesim.plots import memory_png, peaks_png, schedule_png
     from pipesim.report import peak_table
 
-    sc = load_scenario(args.scenario)
+    sc = load_scenario(args.scenario, parse_sets(args.set))
     res = simulate(sc)
     print(peak_table(res))
     out = Path(args.output) if args.output else Path("results") / sc.name
@@ -40,10 +85,82 @@ def _run(args) -> int:
     return 0
 
 
+def _validate(args) -> int:
+    from pipesim.model.params import model_params
+    from pipesim.placement import split_text
+    from schedules.graph import validate
+
+    overrides = parse_sets(args.set)
+    bad = 0
+    for path in args.scenarios:
+        try:
+            sc = load_scenario(path, overrides)
+            s = sc.build_schedule()
+            validate(s)
+        except (ScenarioError, schedules.ScheduleError) as exc:
+            text = str(exc)
+            print(f"error {text if text.startswith(str(Path(path))) else f'{path}: {text}'}")
+            bad += 1
+            continue
+        m, p = sc.model, sc.parallel
+        print(f"ok    {path}: {sc.name}, model {m.name} ({_count(model_params(m, mtp=True))} params, "
+              f"{m.layers} layers), pp={p.pp} tp={p.tp} ep={p.ep}, {sc.schedule.name}, "
+              f"{sc.microbatches} micro-batches, {s.num_stages} stages, layers per stage "
+              f"{split_text(sc.layers_per_stage)}")
+    return 2 if bad else 0
+
+
+def _count(n: int) -> str:
+    """A parameter count as people say it: 671.0B, 6.1M."""
+    for size, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return str(n)
+
+
+def _compare(args) -> int:
+    from pipesim import compare
+    from pipesim.export import text_writer, write_outputs
+
+    names = None
+    if args.schedules is not None:
+        names = [n.strip() for n in args.schedules.split(",") if n.strip()]
+        unknown = [n for n in names if n not in schedules.names()]
+        if unknown or not names:
+            raise UsageError(f"--schedules: unknown {', '.join(map(repr, unknown)) or 'empty list'}; "
+                             f"allowed: {', '.join(schedules.names())}")
+    if args.microbatches is not None and args.microbatches < 1:
+        raise UsageError(f"--microbatches: must be >= 1, got {args.microbatches}")
+    cmp = compare.compare(args.scenario, names, args.microbatches, parse_sets(args.set))
+    print(compare.table(cmp))
+    if not cmp.runs:
+        return 2
+    out = Path(args.output) if args.output else Path("results") / f"{cmp.scenario.name}-compare"
+    files = write_outputs(out, {"compare.csv": text_writer(compare.csv_text(cmp)),
+                                "compare.png": lambda p: compare.png(cmp, p)})
+    print("wrote " + ", ".join(str(f) for f in files))
+    return 0
+
+
+def _sweep(args) -> int:
+    from pipesim import sweep
+    from pipesim.export import text_writer, write_outputs
+
+    overrides = parse_sets(args.set)
+    values = [parse_value(v, f"sweep {args.key} value") for v in args.values]
+    sw = sweep.sweep(args.scenario, args.key, values, overrides)
+    print(sweep.table(sw))
+    out = Path(args.output) if args.output else Path("results") / f"{sw.name}-sweep-{args.key}"
+    files = write_outputs(out, {"sweep.csv": text_writer(sweep.csv_text(sw)),
+                                "sweep.png": lambda p: sweep.png(sw, p)})
+    print("wrote " + ", ".join(str(f) for f in files))
+    return 0
+
+
 def _model(args) -> int:
     from pipesim.model.report import format_tables, tables
 
-    sc = load_scenario(args.scenario)
+    sc = load_scenario(args.scenario, parse_sets(args.set))
     t = tables(sc.model, sc.parallel, sc.training, sc.layers_per_stage)
     print(json.dumps(t, indent=2, sort_keys=True) if args.json else format_tables(t))
     return 0
@@ -56,16 +173,41 @@ def _schedule(args) -> int:
     return 0
 
 
+def _add_set(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a scenario value, e.g. --set training.microbatches=16 (repeatable)")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pipesim", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="simulate a scenario: per-rank peak table + summary.json, timeline.csv, memory.png, peaks.png, schedule.png, trace.json")
     r.add_argument("scenario", help="scenario TOML file")
     r.add_argument("-o", "--output", help="output folder (default results/<scenario name>)")
+    _add_set(r)
     r.set_defaults(func=_run)
+    v = sub.add_parser("validate", help="check scenario files (layout, schedule, dependency graph) without simulating; writes nothing")
+    v.add_argument("scenarios", nargs="+", metavar="scenario")
+    _add_set(v)
+    v.set_defaults(func=_validate)
+    c = sub.add_parser("compare", help="run a scenario under every schedule family: compare.csv, compare.png")
+    c.add_argument("scenario")
+    c.add_argument("--schedules", help=f"comma-separated families (default all: {','.join(schedules.names())})")
+    c.add_argument("--microbatches", type=int, help="micro-batches per step (default the scenario's)")
+    c.add_argument("-o", "--output", help="output folder (default results/<scenario name>-compare)")
+    _add_set(c)
+    c.set_defaults(func=_compare)
+    w = sub.add_parser("sweep", help="run a scenario once per value of one key: sweep.csv, sweep.png")
+    w.add_argument("scenario")
+    w.add_argument("key", help="dotted scenario key, e.g. training.microbatches")
+    w.add_argument("values", nargs="+", metavar="value", help="TOML values, e.g. 4 8 16 or gpipe 1f1b")
+    w.add_argument("-o", "--output", help="output folder (default results/<scenario name>-sweep-<key>)")
+    _add_set(w)
+    w.set_defaults(func=_sweep)
     m = sub.add_parser("model", help="print the paper-style parameter / state / activation tables")
     m.add_argument("scenario")
     m.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    _add_set(m)
     m.set_defaults(func=_model)
     s = sub.add_parser("schedule", help="print a schedule's per-rank ops as a time-aligned grid")
     s.add_argument("name", help=f"one of: {', '.join(schedules.names())}")
@@ -80,6 +222,7 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ScenarioError, schedules.ScheduleError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (ScenarioError, schedules.ScheduleError, UsageError) as exc:
+        for line in str(exc).splitlines():     # a sweep reports every invalid value, one line each
+            print(f"error: {line}", file=sys.stderr)
         return 2

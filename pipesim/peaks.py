@@ -9,13 +9,14 @@ atoms):
     level after record k of atom a  =  level before a  +  C_T[k]        C_T = cumsum(delta_T)
 
 so atom a's highest record is ``before(a) + max(C_T)``, at T's first argmax. A slot's records
-are allocations, then releases, so its highest record is its last allocation: ``before(slot) +
-Σ allocations``. A rank's stream is therefore ``slot, atom, slot, atom, ..., slot``: one net
+are allocations, then releases, so its highest record is its last allocation that adds bytes:
+``before(slot) + Σ allocations``. A rank's stream is therefore ``slot, atom, slot, atom, ..., slot``: one net
 and one "highest above the level before" per unit, cumulated with numpy. The peak is the first
 unit holding the rank's maximum (the record found in its template or slot), its breakdown the
 static bytes plus the category nets of every unit before it. This is exactly the record that
-``cumsum`` + first ``argmax`` over the ledger finds (the tests compare the two on every
-schedule), at a cost per atom instead of per layer.
+``cumsum`` + first ``argmax`` over the ledger finds (tests/test_peaks.py compares the two on
+every schedule family, for peaks inside ops and between them), at a cost per atom instead of per
+layer.
 """
 from __future__ import annotations
 
