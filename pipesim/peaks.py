@@ -41,28 +41,20 @@ class PeakRecord:
     by_category: np.ndarray   # int64, len(CATEGORIES)
 
 
-def _template_table(templates: dict, keys) -> dict:
-    """Per distinct template: net, highest prefix, its first index, category nets.
-
-    Stages of one shape share their template objects, so each is worked out once."""
+def _template_table(distinct) -> dict:
+    """Per distinct template: net, highest prefix, its first index, category nets."""
     ncat = len(CATEGORIES)
     net, top, top_at = [], [], []
-    by_cat, by_cat_top = np.zeros((len(keys), ncat), np.int64), np.zeros((len(keys), ncat), np.int64)
-    seen = {}
-    for i, k in enumerate(keys):
-        t = templates[k]
-        if id(t) not in seen:
-            c = np.cumsum(t.delta)
-            j = int(np.argmax(c)) if len(c) else -1
-            cats = t.cat.astype(np.int64)
-            seen[id(t)] = (int(c[-1]) if len(c) else 0, int(c[j]) if len(c) else _NONE, j,
-                           np.bincount(cats, weights=t.delta, minlength=ncat).round(),
-                           np.bincount(cats[:j + 1], weights=t.delta[:j + 1], minlength=ncat).round())
-        n_, top_, j, bc, bct = seen[id(t)]
-        net.append(n_)
-        top.append(top_)
+    by_cat, by_cat_top = np.zeros((len(distinct), ncat), np.int64), np.zeros((len(distinct), ncat), np.int64)
+    for i, t in enumerate(distinct):
+        c = np.cumsum(t.delta)
+        j = int(np.argmax(c)) if len(c) else -1
+        cats = t.cat.astype(np.int64)
+        net.append(int(c[-1]) if len(c) else 0)
+        top.append(int(c[j]) if len(c) else _NONE)
         top_at.append(j)
-        by_cat[i], by_cat_top[i] = bc, bct
+        by_cat[i] = np.bincount(cats, weights=t.delta, minlength=ncat).round()
+        by_cat_top[i] = np.bincount(cats[:j + 1], weights=t.delta[:j + 1], minlength=ncat).round()
     return {"net": np.array(net, np.int64), "top": np.array(top, np.int64),
             "top_at": top_at, "by_cat": by_cat, "by_cat_top": by_cat_top}
 
@@ -76,15 +68,19 @@ def find_peaks(spans, templates: dict, static_bytes, p2p) -> list[PeakRecord]:
     n = len(spans.start)
     rank = spans.rank.astype(np.int64)
     bounds = np.searchsorted(rank, np.arange(ranks + 1))
-    # each atom's template, as an index into the distinct (stage, kind) pairs it uses
+    # each atom's template, as an index into the distinct template objects (stages of one shape
+    # share theirs, so each is worked out once)
     code = spans.stage.astype(np.int64) * 4 + spans.kind
     present = np.zeros(int(code.max()) + 1 if n else 1, dtype=bool)
     present[code] = True
-    used = np.nonzero(present)[0]
-    lut = np.cumsum(present) - 1
+    distinct, index, lut = [], {}, np.zeros(len(present), np.int64)
+    for u in np.nonzero(present)[0].tolist():
+        t = templates[(u // 4, u % 4)]
+        lut[u] = index.setdefault(id(t), len(distinct))
+        if lut[u] == len(distinct):
+            distinct.append(t)
     tid = lut[code]
-    keys = [(int(u) // 4, int(u) % 4) for u in used.tolist()]
-    tab = _template_table(templates, keys)
+    tab = _template_table(distinct)
 
     # slots: allocations (sends, then receives posted) come before releases
     n_slots = n + ranks
@@ -126,7 +122,7 @@ def find_peaks(spans, templates: dict, static_bytes, p2p) -> list[PeakRecord]:
             out.append(PeakRecord(r, static_total, 0.0, -1, statics))
             continue
         a = best_s - r if in_slot else best_a    # the atom of the unit, or the one the slot precedes
-        cats = statics + np.bincount(tid[int(bounds[r]):a], minlength=len(keys)) @ tab["by_cat"]
+        cats = statics + np.bincount(tid[lo:a], minlength=len(distinct)) @ tab["by_cat"]
         s = a + r                          # the slot before atom a
         first_slot = int(bounds[r]) + r
         p2p_bytes = int(s_cum[s] - s_cum[first_slot])
@@ -141,7 +137,7 @@ def find_peaks(spans, templates: dict, static_bytes, p2p) -> list[PeakRecord]:
         else:                              # an atom: its template's highest record
             t = int(tid[a])
             i = tab["top_at"][t]
-            tpl = templates[keys[t]]
+            tpl = distinct[t]
             time = float(spans.start[a] + tpl.frac[i] * (spans.end[a] - spans.start[a]))
             atom = a
             cats += tab["by_cat_top"][t]
