@@ -186,7 +186,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("-o", "--output", help="output folder (default results/<scenario name>)")
     _add_set(r)
     r.set_defaults(func=_run)
-    v = sub.add_parser("validate", help="check scenario files (layout, schedule, dependency graph) without simulating; writes nothing")
+    v = sub.add_parser("validate", help="check scenario files and their schedules without simulating; writes nothing")
     v.add_argument("scenarios", nargs="+", metavar="scenario")
     _add_set(v)
     v.set_defaults(func=_validate)
