@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import tomllib
@@ -226,3 +227,7 @@ def main(argv=None) -> int:
         for line in str(exc).splitlines():     # a sweep reports every invalid value, one line each
             print(f"error: {line}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # the reader went away (``... | head``): stop quietly, as other command-line tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1

@@ -71,8 +71,7 @@ def memory_png(result, path) -> None:
                   f"{sc.schedule.name}, pp={result.ranks}, {sc.microbatches} micro-batches")
     ax1.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8, frameon=False)
     grid = _rank_grid(result, bins=600)
-    cmap = plt.get_cmap("viridis").copy()
-    cmap.set_over("red")
+    cmap = plt.get_cmap("viridis").with_extremes(over="red")
     extent = (0, result.makespan * 1e3, result.ranks - 0.5, -0.5)
     img = ax2.imshow(grid / GIB, aspect="auto", interpolation="nearest", cmap=cmap, extent=extent,
                      vmin=0, vmax=cap)
