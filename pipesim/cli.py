@@ -64,17 +64,25 @@ def parse_sets(items: list[str]) -> dict:
     return out
 
 
+def _write(args, default: str, writers: dict) -> int:
+    """Write ``writers`` (name -> callable(path)) atomically into ``-o`` or ``results/<default>``."""
+    from pipesim.export import write_outputs
+
+    out = Path(args.output) if args.output else Path("results") / default
+    print("wrote " + ", ".join(str(f) for f in write_outputs(out, writers)))
+    return 0
+
+
 def _run(args) -> int:
     from pipesim.api import simulate
-    from pipesim.export import summary_json, text_writer, timeline_csv, trace_json, write_outputs
+    from pipesim.export import summary_json, text_writer, timeline_csv, trace_json
     from pipesim.plots import memory_png, peaks_png, schedule_png
     from pipesim.report import peak_table
 
     sc = load_scenario(args.scenario, parse_sets(args.set))
     res = simulate(sc)
     print(peak_table(res))
-    out = Path(args.output) if args.output else Path("results") / sc.name
-    files = write_outputs(out, {
+    return _write(args, sc.name, {
         "summary.json": text_writer(summary_json(res)),
         "timeline.csv": text_writer(timeline_csv(res)),
         "memory.png": lambda p: memory_png(res, p),
@@ -82,8 +90,6 @@ def _run(args) -> int:
         "schedule.png": lambda p: schedule_png(res, p),
         "trace.json": text_writer(trace_json(res)),
     })
-    print("wrote " + ", ".join(str(f) for f in files))
-    return 0
 
 
 def _validate(args) -> int:
@@ -121,7 +127,7 @@ def _count(n: int) -> str:
 
 def _compare(args) -> int:
     from pipesim import compare
-    from pipesim.export import text_writer, write_outputs
+    from pipesim.export import text_writer
 
     names = None
     if args.schedules is not None:
@@ -136,26 +142,20 @@ def _compare(args) -> int:
     print(compare.table(cmp))
     if not cmp.runs:
         return 2
-    out = Path(args.output) if args.output else Path("results") / f"{cmp.scenario.name}-compare"
-    files = write_outputs(out, {"compare.csv": text_writer(compare.csv_text(cmp)),
-                                "compare.png": lambda p: compare.png(cmp, p)})
-    print("wrote " + ", ".join(str(f) for f in files))
-    return 0
+    return _write(args, f"{cmp.scenario.name}-compare", {"compare.csv": text_writer(compare.csv_text(cmp)),
+                                                         "compare.png": lambda p: compare.png(cmp, p)})
 
 
 def _sweep(args) -> int:
     from pipesim import sweep
-    from pipesim.export import text_writer, write_outputs
+    from pipesim.export import text_writer
 
     overrides = parse_sets(args.set)
     values = [parse_value(v, f"sweep {args.key} value") for v in args.values]
     sw = sweep.sweep(args.scenario, args.key, values, overrides)
     print(sweep.table(sw))
-    out = Path(args.output) if args.output else Path("results") / f"{sw.name}-sweep-{args.key}"
-    files = write_outputs(out, {"sweep.csv": text_writer(sweep.csv_text(sw)),
-                                "sweep.png": lambda p: sweep.png(sw, p)})
-    print("wrote " + ", ".join(str(f) for f in files))
-    return 0
+    return _write(args, f"{sw.name}-sweep-{args.key}", {"sweep.csv": text_writer(sweep.csv_text(sw)),
+                                                        "sweep.png": lambda p: sweep.png(sw, p)})
 
 
 def _model(args) -> int:

@@ -28,6 +28,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 import schedules  # noqa: E402
 from pipesim.api import simulate  # noqa: E402
 from pipesim.memory import GIB  # noqa: E402
+from pipesim.plots import save  # noqa: E402
 from pipesim.placement import split_text  # noqa: E402
 from pipesim.report import aligned, mean_bubble  # noqa: E402
 from pipesim.results import Result  # noqa: E402
@@ -148,6 +149,4 @@ def png(cmp: Comparison, path) -> None:
     ax.set_ylim(0, None)
     ax.set_title(f"{sc.name}: peak per rank by schedule, pp={sc.parallel.pp}, {cmp.microbatches} micro-batches")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)

@@ -18,6 +18,13 @@ _COLORS = {
 }
 
 
+def save(fig, path) -> None:
+    """Lay out, write and close a figure (every picture of pipesim is written this way)."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _steps(times, levels, until):
     """Step-function points: each level holds from its record's time to the next record's,
     the last one until ``until``."""
@@ -82,9 +89,7 @@ def memory_png(result, path) -> None:
     ax2.set_title("every rank's total (incl. fragmentation; red = over the device, ▼ = the rank's peak)")
     # the colour bar sits outside ax2 so both panels keep the same time axis
     fig.colorbar(img, cax=ax2.inset_axes([1.01, 0.0, 0.015, 1.0]), label="GiB", extend="max")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 _KIND_COLORS = ("#4c72b0", "#dd8452", "#c44e52", "#55a868")   # F, B, B (input grad), W
@@ -112,9 +117,7 @@ def schedule_png(result, path) -> None:
     ax.set_title(f"{sc.name}: {sc.schedule.name} op timeline, pp={result.ranks}, "
                  f"{sc.microbatches} micro-batches, step {result.makespan * 1e3:.1f} ms")
     ax.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8, frameon=False)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def peaks_png(result, path) -> None:
@@ -147,6 +150,4 @@ def peaks_png(result, path) -> None:
     ax.set_title(f"{sc.name}: every rank's peak by category — {sc.schedule.name}, pp={result.ranks}, "
                  f"{sc.microbatches} micro-batches ({verdict})")
     ax.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8, frameon=False)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)

@@ -20,6 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from pipesim.api import simulate  # noqa: E402
 from pipesim.memory import GIB  # noqa: E402
+from pipesim.plots import save  # noqa: E402
 from pipesim.report import aligned, mean_bubble  # noqa: E402
 from pipesim.results import Result  # noqa: E402
 from pipesim.scenario import Scenario, ScenarioError, load_scenario  # noqa: E402
@@ -151,6 +152,4 @@ def png(sw: Sweep, path) -> None:
     ax.set_ylim(0, max(max(caps), max(p.worst.bytes / GIB for p in pts)) * 1.12)
     ax.set_title(f"{sw.name}: max peak memory vs {sw.key}\n{sw.context()}", fontsize=10)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
