@@ -279,7 +279,7 @@ def _build(raw: dict, path: Path) -> Scenario:
     try:
         sch = schedules.build(sched.name, parallel.pp, microbatches, sched.chunks)
     except schedules.ScheduleError as exc:
-        raise ScenarioError(f"{_schedule_key(str(exc))}: {exc}") from None
+        raise ScenarioError(f"{_SCHEDULE_KEY.get(exc.param, 'schedule.name')}: {exc}") from None
 
     from pipesim.placement import PlacementError, resolve_layers
     try:
@@ -293,14 +293,9 @@ def _build(raw: dict, path: Path) -> Scenario:
                     layers_per_stage=layers)
 
 
-def _schedule_key(message: str) -> str:
-    """The scenario key a schedule's complaint is about."""
-    for needle, key in (("unknown schedule", "schedule.name"), ("chunks", "schedule.chunks"),
-                        ("micro-batch", "training.microbatches"), ("microbatch", "training.microbatches"),
-                        ("pp", "parallel.pp")):
-        if needle in message:
-            return key
-    return "schedule.name"
+# the scenario key behind each argument of schedules.build that a ScheduleError can blame
+_SCHEDULE_KEY = {"name": "schedule.name", "chunks": "schedule.chunks", "pp": "parallel.pp",
+                 "microbatches": "training.microbatches"}
 
 
 def _model(raw: dict) -> ModelConfig:

@@ -41,12 +41,12 @@ def build(name: str, pp: int, microbatches: int, chunks: int | None = None) -> S
     (interleaved); ``None`` takes the family's default. Raises ``ScheduleError`` on bad input.
     """
     if name not in _FAMILIES:
-        raise ScheduleError(f"unknown schedule {name!r}; allowed: {', '.join(_FAMILIES)}")
+        raise ScheduleError(f"unknown schedule {name!r}; allowed: {', '.join(_FAMILIES)}", "name")
     for label, value in (("pp", pp), ("microbatches", microbatches)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ScheduleError(f"{label} must be an integer >= 1, got {value!r}")
+            raise ScheduleError(f"{label} must be an integer >= 1, got {value!r}", label)
     if chunks is not None and (isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 1):
-        raise ScheduleError(f"chunks must be an integer >= 1, got {chunks!r}")
+        raise ScheduleError(f"chunks must be an integer >= 1, got {chunks!r}", "chunks")
     return _build(name, pp, microbatches, chunks)
 
 

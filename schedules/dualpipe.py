@@ -183,11 +183,12 @@ def _is_int(value: object) -> bool:
 
 def _check_common(name: str, pp: int, microbatches: int, chunks: int | None) -> None:
     if not _is_int(pp) or pp < 1:
-        raise ScheduleError(f"{name} needs pp to be an integer >= 1; got {pp!r}")
+        raise ScheduleError(f"{name} needs pp to be an integer >= 1; got {pp!r}", "pp")
     if not _is_int(microbatches) or microbatches < 1:
-        raise ScheduleError(f"{name} needs microbatches to be an integer >= 1; got {microbatches!r}")
+        raise ScheduleError(f"{name} needs microbatches to be an integer >= 1; got {microbatches!r}", "microbatches")
     if chunks is not None and (not _is_int(chunks) or chunks != 2):
-        raise ScheduleError(f"{name} holds exactly 2 chunks per rank; chunks must be None or 2, got {chunks!r}")
+        raise ScheduleError(f"{name} holds exactly 2 chunks per rank; chunks must be None or 2, got {chunks!r}",
+                            "chunks")
 
 
 def build_dualpipe(pp: int, microbatches: int, chunks: int | None = None) -> Schedule:
@@ -201,12 +202,12 @@ def build_dualpipe(pp: int, microbatches: int, chunks: int | None = None) -> Sch
     _check_common("dualpipe", pp, microbatches, chunks)
     if pp % 2:
         raise ScheduleError(
-            f"dualpipe needs an even pp (rank r mirrors rank pp-1-r); got pp={pp}; use dualpipev for any pp"
-        )
+            f"dualpipe needs an even pp (rank r mirrors rank pp-1-r); got pp={pp}; use dualpipev for any pp",
+            "pp")
     if microbatches % 2 or microbatches < 2 * pp:
         raise ScheduleError(
-            f"dualpipe needs an even number of micro-batches >= 2*pp (={2 * pp} for pp={pp}); got {microbatches}"
-        )
+            f"dualpipe needs an even number of micro-batches >= 2*pp (={2 * pp} for pp={pp}); got {microbatches}",
+            "microbatches")
     P, H, C = pp, pp // 2, microbatches // 2
     ranks = []
     for r in range(P):
@@ -238,8 +239,8 @@ def build_dualpipev(pp: int, microbatches: int, chunks: int | None = None) -> Sc
     _check_common("dualpipev", pp, microbatches, chunks)
     if microbatches < 2 * pp:
         raise ScheduleError(
-            f"dualpipev needs micro-batches >= 2*pp (={2 * pp} for pp={pp}); got {microbatches}"
-        )
+            f"dualpipev needs micro-batches >= 2*pp (={2 * pp} for pp={pp}); got {microbatches}",
+            "microbatches")
     R, C = pp, microbatches
     ranks = []
     for r in range(R):

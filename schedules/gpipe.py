@@ -26,7 +26,7 @@ def single_chunk(name: str, pp: int, microbatches: int, ranks, splits_w: bool = 
 
 def check_one_chunk(name: str, chunks: int | None) -> None:
     if chunks not in (None, 1):
-        raise ScheduleError(f"{name} holds one chunk per rank: chunks must be 1 or omitted, got {chunks}")
+        raise ScheduleError(f"{name} holds one chunk per rank: chunks must be 1 or omitted, got {chunks}", "chunks")
 
 
 def build(pp: int, microbatches: int, chunks: int | None = None) -> Schedule:

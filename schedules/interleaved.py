@@ -67,12 +67,12 @@ def build(pp: int, microbatches: int, chunks: int | None = None) -> Schedule:
     V = DEFAULT_CHUNKS if chunks is None else chunks
     if V < 2:
         raise ScheduleError(f"interleaved needs chunks >= 2 per rank (default {DEFAULT_CHUNKS}), got {V}; "
-                            "chunks=1 is the '1f1b' schedule")
+                            "chunks=1 is the '1f1b' schedule", "chunks")
     if microbatches % pp:
         lower = microbatches // pp * pp
         near = f"{lower} or {lower + pp}" if lower else f"{pp}"
         raise ScheduleError(f"interleaved needs microbatches to be a multiple of pp={pp} "
-                            f"(micro-batches travel in groups of pp), got {microbatches}; try {near}")
+                            f"(micro-batches travel in groups of pp), got {microbatches}; try {near}", "microbatches")
     return Schedule(
         name="interleaved", pp=pp, microbatches=microbatches, chunks=V, num_stages=V * pp,
         ranks=tuple(tuple(rank_ops(pp, microbatches, V, r)) for r in range(pp)),

@@ -23,7 +23,14 @@ KINDS = ("F", "B", "W", "FB")
 
 
 class ScheduleError(ValueError):
-    """A schedule was asked for something it cannot run; the message says what is allowed."""
+    """A schedule was asked for something it cannot run; the message says what is allowed.
+
+    ``param`` names the argument of ``schedules.build`` at fault ("name", "pp", "microbatches"
+    or "chunks"), or is None when the fault is not one argument's (a malformed op list)."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 @dataclass(frozen=True, slots=True)

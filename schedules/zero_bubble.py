@@ -111,7 +111,8 @@ def zb_v_rank_ops(pp: int, microbatches: int, rank: int) -> list[Op]:
 
 def build_zb_v(pp: int, microbatches: int, chunks: int | None = None) -> Schedule:
     if chunks not in (None, 2):
-        raise ScheduleError(f"zb-v holds two chunks per rank (V shape): chunks must be 2 or omitted, got {chunks}")
+        raise ScheduleError(f"zb-v holds two chunks per rank (V shape): chunks must be 2 or omitted, got {chunks}",
+                            "chunks")
     S = 2 * pp
     return Schedule(
         name="zb-v", pp=pp, microbatches=microbatches, chunks=2, num_stages=S,

@@ -226,3 +226,15 @@ def test_sweep_with_an_invalid_value_exits_2_and_writes_nothing(tmp_path, monkey
     assert rc == 2
     assert len(err.strip().splitlines()) == 1 and "training.microbatches" in err and needle in err, err
     assert out == "" and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("overrides,key", [
+    ({"schedule.name": "interleaved", "training.microbatches": 6}, "training.microbatches"),
+    ({"schedule.name": "interleaved", "schedule.chunks": 1}, "schedule.chunks"),
+    ({"schedule.name": "dualpipe", "parallel.pp": 3}, "parallel.pp"),
+    ({"schedule.name": "dualpipe", "training.microbatches": 7}, "training.microbatches"),
+])
+def test_a_schedule_constraint_is_reported_at_its_scenario_key(overrides, key):
+    with pytest.raises(pipesim.ScenarioError) as err:
+        pipesim.load_scenario(TINY, overrides)
+    assert str(err.value).startswith(f"{TINY}: {key}: ")

@@ -143,3 +143,15 @@ def test_dualpipe_families_share_equal_ops(name):
     atoms = [a for op in ops for a in op.atoms()]
     for group in (ops, atoms):
         assert len({id(op) for op in group}) == len(set(group))
+
+
+@pytest.mark.parametrize("name,pp,m,chunks,param", [
+    ("no-such", 4, 8, None, "name"), ("1f1b", 0, 8, None, "pp"), ("1f1b", 4, 0, None, "microbatches"),
+    ("1f1b", 4, 8, 0, "chunks"), ("gpipe", 4, 8, 2, "chunks"), ("interleaved", 4, 8, 1, "chunks"),
+    ("interleaved", 4, 6, 2, "microbatches"), ("zb-v", 4, 8, 3, "chunks"), ("dualpipe", 3, 12, None, "pp"),
+    ("dualpipe", 4, 7, None, "microbatches"), ("dualpipe", 4, 8, 3, "chunks"), ("dualpipev", 4, 7, None, "microbatches"),
+])
+def test_each_constraint_error_names_the_argument_at_fault(name, pp, m, chunks, param):
+    with pytest.raises(ScheduleError) as err:
+        schedules.build(name, pp, m, chunks)
+    assert err.value.param == param
