@@ -66,7 +66,7 @@ def compare(path, names=None, microbatches: int | None = None, overrides: dict |
     names = schedules.names() if names is None else tuple(names)
     for name in names:
         if name not in schedules.names():
-            raise schedules.ScheduleError(f"unknown schedule {name!r}; allowed: {', '.join(schedules.names())}")
+            raise schedules.ScheduleError(f"unknown schedule {name!r}; allowed: {', '.join(schedules.names())}", "name")
     m = base.microbatches if microbatches is None else microbatches
     runs, skipped = [], []
     for name in names:
