@@ -71,3 +71,11 @@ def test_report_tables_are_json_and_reproduce_the_paper():
     assert tab["table4"]["rows"][-1][3] == 671_026_522_112 - 61 * 2048 + 7168
     text = format_tables(tab)
     assert "Table 8" in text and "24,671,158,272" in text and "81.50" in text
+
+
+def test_keep_given_as_a_list_is_held_as_a_tuple_and_costs_the_same():
+    keep = ["deepseek-v3"]
+    as_list = TrainingConfig(recompute="selective", keep=keep)
+    as_tuple = TrainingConfig(recompute="selective", keep=tuple(keep))
+    assert as_list == as_tuple and isinstance(as_list.keep, tuple)
+    assert stage_costs(V3, PAPER, as_list, range(4, 8)) == stage_costs(V3, PAPER, as_tuple, range(4, 8))

@@ -152,6 +152,10 @@ class TrainingConfig:
     zero: str = "none"           # none | os | os+g | os+g+params
     dtypes: DTypes = dataclasses.field(default_factory=DTypes)   # bytes per value
 
+    def __post_init__(self) -> None:
+        # a list given for keep becomes a tuple: the config stays immutable and hashable
+        object.__setattr__(self, "keep", tuple(self.keep))
+
     def validate(self, model: ModelConfig) -> None:
         """Raise ``ModelError`` if the recipe is not understood."""
         from pipesim.model.activations import keep_names   # the tensor names live there

@@ -66,11 +66,7 @@ def _layer_name(index: int, kind: str) -> str:
 
 
 def _layer(m, p, t, name: str, kind: str) -> LayerCosts:
-    try:
-        base = _kind_costs(m, p, t, kind)
-    except TypeError:              # a config built by hand with a list inside is not hashable
-        base = _kind_costs.__wrapped__(m, p, t, kind)
-    return replace(base, name=name)
+    return replace(_kind_costs(m, p, t, kind), name=name)
 
 
 def stage_costs(model: ModelConfig, parallel: ParallelConfig, training: TrainingConfig, layers,
