@@ -124,8 +124,7 @@ def find_peaks(spans, templates: dict, static_bytes, p2p) -> list[PeakRecord]:
         a = best_s - r if in_slot else best_a    # the atom of the unit, or the one the slot precedes
         cats = statics + np.bincount(tid[lo:a], minlength=len(distinct)) @ tab["by_cat"]
         s = a + r                          # the slot before atom a
-        first_slot = int(bounds[r]) + r
-        p2p_bytes = int(s_cum[s] - s_cum[first_slot])
+        p2p_bytes = int(s_cum[s] - s_cum[lo + r])     # slots of the rank before slot s
         if in_slot:                        # a slot: its last allocation that adds bytes
             i = np.nonzero((posted_slot == s) & (p2p.recv_bytes > 0))[0]
             if len(i):

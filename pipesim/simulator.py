@@ -249,7 +249,7 @@ def run(schedule, timing: Timing) -> Spans:
     # The hot loops take their lists as default arguments: local names are CPython's fastest.
     def walk(lo, hi, depl=depl, lagl=lagl, durl=durl, starts=starts, waiter=waiter,
              new_event=new_event):
-        """Rank r's atoms lo..hi-1, none of them half of an FB: the hot loop, kept minimal."""
+        """A rank's atoms lo..hi-1, none of them half of an FB: the hot loop, kept minimal."""
         t = 0.0
         for i in range(lo, hi):
             p = depl[i]
