@@ -159,10 +159,13 @@ def _sweep(args) -> int:
 
 
 def _model(args) -> int:
-    from pipesim.model.report import format_tables, tables
+    from pipesim.model.report import format_tables, tables, tensor_tables
 
     sc = load_scenario(args.scenario, parse_sets(args.set))
-    t = tables(sc.model, sc.parallel, sc.training, sc.layers_per_stage)
+    if args.tensors:
+        t = tensor_tables(sc.model, sc.parallel, sc.training)
+    else:
+        t = tables(sc.model, sc.parallel, sc.training, sc.layers_per_stage, sc.placement)
     print(json.dumps(t, indent=2, sort_keys=True) if args.json else format_tables(t))
     return 0
 
@@ -208,6 +211,9 @@ def parser() -> argparse.ArgumentParser:
     m = sub.add_parser("model", help="print the paper-style parameter / state / activation tables")
     m.add_argument("scenario")
     m.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    m.add_argument("--tensors", action="store_true",
+                   help="list every activation tensor of each layer kind: shape, dtype, bytes, "
+                        "stored / recomputed / absent under the scenario's recipe, and why")
     _add_set(m)
     m.set_defaults(func=_model)
     s = sub.add_parser("schedule", help="print a schedule's per-rank ops as a time-aligned grid")

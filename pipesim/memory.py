@@ -9,7 +9,10 @@ equal to its share of the op's FLOPs.
 
 Lifetimes (per layer j of a stage, per micro-batch):
 - activations: ``+stored_j`` when layer j's forward starts; released when its backward ends,
-  or, when the schedule splits B and W, ``stored_j - w_j`` at B's end and ``w_j`` at W's end.
+  or, when the schedule splits B and W, ``stored_j - w_j`` at B's end and ``w_j`` at W's end;
+  a split B also leaves the output gradients of layer j's weight matmuls (``w_grad_outputs_j``)
+  from its end to W's end, and a W under recomputation re-materialises the weight inputs that
+  were dropped (``w_recompute_j``, held while layer j's W runs, category recompute).
 - workspace: the forward/backward transient working set, held while layer j runs.
 - recompute: re-materialised activations, held while layer j's backward runs.
 - a2a: EP dispatch + combine buffers while an MoE layer runs (forward and backward).
@@ -94,8 +97,8 @@ def build_templates(stage, recompute_flops, granularity: int) -> dict[int, Templ
         fw = rows[KIND_F]
         if L.stored_bytes:
             fw.append((t0, "activations", r(L.stored_bytes)))
-        if L.name == "head" and stage.logits_bytes:
-            fw.append((t0, "logits", r(stage.logits_bytes)))
+        if L.logits_bytes:
+            fw.append((t0, "logits", r(L.logits_bytes)))
         running(fw, t0, t1, "workspace", L.forward_transient_bytes)
         running(fw, t0, t1, "a2a", L.a2a_bytes)
         running(fw, t0, t1, "gather", gather)
@@ -113,13 +116,17 @@ def build_templates(stage, recompute_flops, granularity: int) -> dict[int, Templ
             freed = r(L.stored_bytes) - (0 if with_w else r(L.w_bytes))
             if freed:
                 bw.append((t1, "activations", -freed))
-            if L.name == "head" and stage.logits_bytes:
-                bw.append((t1, "logits", -r(stage.logits_bytes)))
+            if not with_w and L.w_grad_outputs_bytes:     # dY of every matmul, until W
+                bw.append((t1, "activations", r(L.w_grad_outputs_bytes)))
+            if L.logits_bytes:
+                bw.append((t1, "logits", -r(L.logits_bytes)))
     # W: layers in reverse, releasing what only the weight gradient needed.
     rev = layers[::-1]
     for L, (t0, t1) in zip(rev, _shares([L.flops_w for L in rev])):
-        if L.w_bytes:
-            rows[KIND_W].append((t1, "activations", -r(L.w_bytes)))
+        running(rows[KIND_W], t0, t1, "recompute", L.w_recompute_bytes)
+        released = r(L.w_bytes) + (r(L.w_grad_outputs_bytes) if L.w_grad_outputs_bytes else 0)
+        if released:
+            rows[KIND_W].append((t1, "activations", -released))
 
     out = {}
     for kind, rs in rows.items():

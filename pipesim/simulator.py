@@ -58,13 +58,16 @@ class Spans:
 class Timing:
     """Durations in seconds: ``f[s]``, ``b[s]`` (full backward), ``w[s]``, optionally ``fb[s]``
     (an overlapped pair whose forward is on stage s; default F + B), and ``hop[s]``: the p2p delay
-    of the boundary tensor leaving stage s."""
+    of the boundary tensor leaving stage s. ``w_recompute[s]``: what a deferred W adds when it
+    must re-materialise weight inputs that recomputation dropped (a full B does that work in its
+    own recompute already)."""
 
     f: tuple[float, ...]
     b: tuple[float, ...]
     w: tuple[float, ...]
     hop: tuple[float, ...]
     fb: tuple[float, ...] | None = None
+    w_recompute: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -227,7 +230,8 @@ def run(schedule, timing: Timing) -> Spans:
     f, b, w = (np.asarray(x, dtype=np.float64) for x in (timing.f, timing.b, timing.w))
     st = flat.stage
     per_kind = np.empty((len(f), 4))                # duration of (stage, kind)
-    per_kind[:, KIND_F], per_kind[:, KIND_B], per_kind[:, KIND_BI], per_kind[:, KIND_W] = f, b, b - w, w
+    w_extra = np.zeros_like(w) if timing.w_recompute is None else np.asarray(timing.w_recompute, dtype=np.float64)
+    per_kind[:, KIND_F], per_kind[:, KIND_B], per_kind[:, KIND_BI], per_kind[:, KIND_W] = f, b, b - w, w + w_extra
     dur = per_kind[st, flat.kind]
     if timing.fb is not None:
         # An overlapped pair takes fb[stage of its forward], split F-then-B in proportion.

@@ -10,7 +10,9 @@ where recompute_j is the forward work layer j repeats in its backward: flops_f[j
 recomputation; under selective recomputation, flops_f[j] scaled by the share of layer j's
 activation bytes that are recomputed rather than kept (an estimate: the DeepSeek-V3 choice
 recomputes cheap ops, and this keeps their cost proportional to what they rebuild). A deferred
-(input-gradient) backward takes B[s] - W[s]. ``[timing]`` overrides any of these.
+(input-gradient) backward takes B[s] - W[s]; a deferred W under recomputation also repeats the
+forward work that rebuilds the weight inputs it needs, Σ_j recompute_j · w_recompute_j /
+recompute_bytes_j (its share of what B re-materialised). ``[timing]`` overrides any of these.
 A boundary tensor's hop across ranks takes ``latency + boundary_bytes / bandwidth``.
 """
 from __future__ import annotations
@@ -77,7 +79,7 @@ def build_workload(sc, schedule=None) -> Workload:
     rate = sc.hardware.peak_tflops * 1e12 * sc.hardware.efficiency
     gran = sc.overheads.allocator_rounding
     hw, tm = sc.hardware, sc.timing
-    f, b, w, hop, templates = [], [], [], [], {}
+    f, b, w, w_rc, hop, templates = [], [], [], [], [], {}
     by_shape = {}   # and share their templates
     for s, (c, shape) in enumerate(zip(costs, shapes)):
         rc = _recompute_flops(sc, c)
@@ -91,9 +93,12 @@ def build_workload(sc, schedule=None) -> Workload:
         f.append(fs)
         b.append(bs)
         w.append(min(ws, bs))
+        w_rc.append(sum(f_j * L.w_recompute_bytes / L.recompute_bytes
+                        for L, f_j in zip(c.layers, rc) if L.recompute_bytes) / rate)
         hop.append(hw.p2p_latency_us * 1e-6 + c.boundary_bytes / (hw.p2p_bandwidth_gbps * 1e9))
     fb = None if tm.fb_ms is None else tuple(_seconds(tm.fb_ms, s, 0.0) for s in range(len(costs)))
-    timing = Timing(tuple(f), tuple(b), tuple(w), tuple(hop), fb)
+    timing = Timing(tuple(f), tuple(b), tuple(w), tuple(hop), fb,
+                    tuple(w_rc) if any(w_rc) else None)
     comm = round_up(int(sc.overheads.comm_buffer_gib * GIB), gran)
     static = []
     for r in range(schedule.pp):

@@ -29,7 +29,7 @@ def test_all_lists_the_api():
     ({"tp": 3}, "tp", "heads (128)"),
     ({"ep": 3}, "ep", "routed_experts (256)"),
     ({"etp": 3}, "etp", "moe_ffn_hidden (2048)"),
-    ({"dp": 3, "ep": 8}, "ep", "dp*tp"),
+    ({"dp": 3, "ep": 8}, "ep", "dp*cp*tp"),
     ({"cp": 0}, "cp", ">= 1"),
 ])
 def test_parallel_validation_names_field(kw, field, allowed):
@@ -59,7 +59,7 @@ def test_tiny_runs_fast_and_is_consistent():
 
 
 def test_report_tables_are_json_and_reproduce_the_paper():
-    t = TrainingConfig(micro_batch_size=1, seq_len=4096, expert_tokens="paper")
+    t = TrainingConfig(micro_batch_size=1, seq_len=4096, recipe="paper")
     tab = tables(dataclasses.replace(V3, mtp_modules=0), PAPER, t, [4] * 15 + [1])
     json.dumps(tab)
     rows6 = {r[0]: r for r in tab["table6"]["rows"]}

@@ -14,7 +14,7 @@ def close(value, printed, digits):
 
 
 def states(zero):
-    c = stage_costs(V3, PAPER, TrainingConfig(zero=zero), range(4, 8))
+    c = stage_costs(V3, PAPER, TrainingConfig(recipe="paper", zero=zero), range(4, 8))
     return c.weights_bytes, c.grads_bytes, c.optimizer_bytes
 
 
@@ -53,15 +53,15 @@ def test_table8_printed_gib(zero, printed):
 
 
 def test_dtypes_are_configurable():
-    t = TrainingConfig(dtypes=DTypes(weights=4, grads=2, master=0 + 4, momentum=4, variance=4))
+    t = TrainingConfig(recipe="paper", dtypes=DTypes(weights=4, grads=2, master=0 + 4, momentum=4, variance=4))
     c = stage_costs(V3, PAPER, t, range(4, 8))
     n = NON_MOE + MOE
     assert (c.weights_bytes, c.grads_bytes, c.optimizer_bytes) == (4 * n, 2 * n, 12 * n)
 
 
 def test_gather_bytes_only_with_params_sharding():
-    assert stage_costs(V3, PAPER, TrainingConfig(zero="os+g"), range(4, 8)).gather_bytes == 0
-    c = stage_costs(V3, PAPER, TrainingConfig(zero="os+g+params"), range(4, 8))
+    assert stage_costs(V3, PAPER, TrainingConfig(recipe="paper", zero="os+g"), range(4, 8)).gather_bytes == 0
+    c = stage_costs(V3, PAPER, TrainingConfig(recipe="paper", zero="os+g+params"), range(4, 8))
     assert c.gather_bytes == (NON_MOE + MOE) // 4 * 2     # one of the four identical layers
 
 

@@ -42,6 +42,8 @@ class ModelConfig:
     vocab: int                   # vocabulary size
     tied_embeddings: bool = False   # output head shares the embedding matrix
     mtp_modules: int = 0         # multi-token-prediction modules (DeepSeek-V3: 1)
+    router: str = "softmax"      # softmax scores, top-k (DeepSeek-V2) | sigmoid scores, top-k
+                                 # chosen with a bias, normalised to sum 1 (DeepSeek-V3)
 
     def is_moe(self, layer: int) -> bool:
         """Whether global transformer layer ``layer`` has an MoE FFN."""
@@ -62,6 +64,8 @@ class ModelConfig:
                              f"got {self.dense_ffn_hidden}")
         if self.dense_layers > self.layers:
             raise ModelError(f"model.dense_layers: at most layers ({self.layers}), got {self.dense_layers}")
+        if self.router not in ROUTER:
+            raise ModelError(f"model.router: one of {', '.join(ROUTER)}; got {self.router!r}")
         if self.experts_per_token > self.routed_experts:
             raise ModelError(f"model.experts_per_token: at most routed_experts ({self.routed_experts}), "
                              f"got {self.experts_per_token}")
@@ -84,13 +88,21 @@ class ParallelConfig:
     def edp_effective(self) -> int:
         """EDP: how many devices hold the same routed-expert shard.
 
-        The dp·tp devices of one pipeline stage (per CP rank) are regrouped for the experts as
-        ep·etp·edp, so ``edp = dp·tp / (ep·etp)`` unless given. Paper, Table 5:
-        DP32 TP2 EP8 ETP1 → 32·2/8 = 8.
+        The dp·cp·tp devices of one pipeline stage are regrouped for the experts as
+        ep·etp·edp, so ``edp = dp·cp·tp / (ep·etp)`` unless given (Megatron-Core's expert
+        data-parallel group spans the context-parallel ranks too). Paper, Table 5:
+        DP32 TP2 CP1 EP8 ETP1 → 32·2/8 = 8.
         """
         if self.edp is not None:
             return self.edp
-        return (self.dp * self.tp) // (self.ep * self.etp)
+        return (self.dp * self.cp * self.tp) // (self.ep * self.etp)
+
+    @property
+    def zero_ways(self) -> int:
+        """How many devices share a dense parameter's ZeRO shards: dp·cp (the CP ranks hold the
+        same parameters and reduce their gradients together, Megatron's data-parallel group
+        with context parallelism)."""
+        return self.dp * self.cp
 
     def validate(self, model: ModelConfig) -> None:
         """Raise ``ModelError`` if this layout cannot hold ``model``."""
@@ -107,64 +119,97 @@ class ParallelConfig:
         if model.moe_ffn_hidden % self.etp:
             raise ModelError(f"etp: must divide moe_ffn_hidden ({model.moe_ffn_hidden}), got {self.etp}")
         if self.edp is None:
-            if (self.dp * self.tp) % (self.ep * self.etp):
-                raise ModelError(f"ep: ep*etp ({self.ep}*{self.etp}) must divide dp*tp "
-                                 f"({self.dp}*{self.tp}) to derive edp; or give edp")
+            if (self.dp * self.cp * self.tp) % (self.ep * self.etp):
+                raise ModelError(f"ep: ep*etp ({self.ep}*{self.etp}) must divide dp*cp*tp "
+                                 f"({self.dp}*{self.cp}*{self.tp}) to derive edp; or give edp")
         elif self.edp < 1:
-            raise ModelError(f"edp: must be >= 1 (or left out to derive dp*tp/(ep*etp)), got {self.edp}")
+            raise ModelError(f"edp: must be >= 1 (or left out to derive dp*cp*tp/(ep*etp)), got {self.edp}")
 
 
 @dataclass(frozen=True)
 class DTypes:
-    """[training.dtypes]: bytes per stored value (paper, Table 7)."""
+    """[training.dtypes]: bytes per stored value (paper, Table 7). ``None`` = from the recipe."""
 
-    weights: int = 2             # BF16 weights
-    activations: int = 2         # BF16 activations
-    grads: int = 4               # FP32 gradients
-    master: int = 4              # FP32 master copy of the weights (optimizer)
-    momentum: int = 2            # Adam first moment (paper: BF16)
-    variance: int = 2            # Adam second moment (paper: BF16)
+    weights: int | None = None       # BF16 weights: 2
+    activations: int | None = None   # BF16 activations: 2
+    grads: int | None = None         # FP32 gradients (Megatron's main grads): 4
+    master: int | None = None        # FP32 master copy of the weights; 0 = none (pure BF16 training)
+    momentum: int | None = None      # Adam first moment (paper and DeepSeek-V3: BF16, Megatron: FP32)
+    variance: int | None = None      # Adam second moment (likewise)
 
     @property
     def optimizer(self) -> int:
         """Optimizer bytes per parameter: master + momentum + variance."""
         return self.master + self.momentum + self.variance
 
+    def resolved(self, defaults: dict) -> "DTypes":
+        """These dtypes with every ``None`` taken from ``defaults`` (a recipe's dtypes)."""
+        return DTypes(**{f.name: defaults[f.name] if getattr(self, f.name) is None
+                         else getattr(self, f.name) for f in dataclasses.fields(self)})
+
 
 RECOMPUTE = ("none", "full", "selective")
-ATTENTION = ("eager", "flash")
 ZERO = ("none", "os", "os+g", "os+g+params")
 EXPERT_TOKENS = ("routed", "paper")
+ROUTER = ("softmax", "sigmoid")
 
 
 @dataclass(frozen=True)
 class TrainingConfig:
-    """[training]: the per-micro-batch workload and the memory recipe."""
+    """[training]: the per-micro-batch workload and the memory recipe.
+
+    Fields left ``None`` take their value from ``recipe`` (``pipesim.model.recipe``, where each
+    option's framework flag is given); a field given explicitly overrides the recipe.
+    """
 
     micro_batch_size: int = 1    # b, sequences per micro-batch
     seq_len: int = 4096          # s, tokens per sequence
-    recompute: str = "none"      # none | full | selective
-    keep: tuple[str, ...] = ()   # selective: tensors/modules kept (names in pipesim.model.activations)
-    attention: str = "eager"     # eager (stores the s^2 softmax, the paper) | flash (O(s) statistics)
-    fp8_activations: bool = False   # store the linear inputs DeepSeek-V3 names in FP8 (1 byte)
+    recipe: str | None = None    # paper | megatron | deepseek-v3; None = megatron
+    recompute: str | None = None  # none | full | selective
+    keep: tuple[str, ...] | None = None  # selective: tensors/modules kept (names in pipesim.model.activations)
+    attention: str | None = None  # eager (stores the s^2 softmax) | flash (O(s) statistics)
+    fp8_activations: bool | None = None   # store the linear inputs DeepSeek-V3 names in FP8 (1 byte)
+    dropout: float | None = None  # attention and hidden dropout probability; 0 = no masks
+    recompute_granularity: str | None = None   # full recompute: layer (input only) | sublayer
+    cross_entropy: str | None = None   # fp32 (FP32 softmax kept) | fused (gradient in the logits)
+    swiglu_fusion: bool | None = None  # SwiGLU keeps only its input
+    moe_combine: str | None = None     # output | activation: where routing probabilities apply
+    moe_permute_fusion: bool | None = None   # int32 row map instead of int64 gather indices
+    shared_placement: str | None = None      # megatron | paper: router and shared-expert layout
+    te_wgrad_placeholders: bool | None = None   # TE's weight-shaped placeholder gradients
+    inventory: str | None = None       # framework (measured) | paper (the paper's tensor list)
     imbalance: float = 1.0       # expert-load imbalance: multiplies the tokens per routed expert
-    expert_tokens: str = "routed"   # routed (tokens an expert really receives) | paper (b*s*N_r/N)
+    expert_tokens: str | None = None   # routed (tokens an expert really receives) | paper (b*s*N_r/N)
     zero: str = "none"           # none | os | os+g | os+g+params
     dtypes: DTypes = dataclasses.field(default_factory=DTypes)   # bytes per value
 
     def __post_init__(self) -> None:
+        from pipesim.model.recipe import DEFAULT_RECIPE, RECIPE_OPTIONS, RECIPES
+
+        name = DEFAULT_RECIPE if self.recipe is None else self.recipe
+        object.__setattr__(self, "recipe", name)
+        bundle = RECIPES.get(name)
+        if bundle is None:        # refused by validate(); fill nothing so the error names recipe
+            return
+        for f in RECIPE_OPTIONS:
+            if getattr(self, f) is None:
+                object.__setattr__(self, f, bundle[f])
         # a list given for keep becomes a tuple: the config stays immutable and hashable
         object.__setattr__(self, "keep", tuple(self.keep))
+        object.__setattr__(self, "dtypes", self.dtypes.resolved(bundle["dtypes"]))
 
     def validate(self, model: ModelConfig) -> None:
         """Raise ``ModelError`` if the recipe is not understood."""
         from pipesim.model.activations import keep_names   # the tensor names live there
+        from pipesim.model.recipe import ALLOWED, RECIPES
 
+        if self.recipe not in RECIPES:
+            raise ModelError(f"recipe: one of {', '.join(RECIPES)}; got {self.recipe!r}")
         for f in ("micro_batch_size", "seq_len"):
             if getattr(self, f) < 1:
                 raise ModelError(f"{f}: must be >= 1, got {getattr(self, f)}")
-        for f, allowed in (("recompute", RECOMPUTE), ("attention", ATTENTION), ("zero", ZERO),
-                           ("expert_tokens", EXPERT_TOKENS)):
+        for f, allowed in (("recompute", RECOMPUTE), ("zero", ZERO), ("expert_tokens", EXPERT_TOKENS),
+                           *ALLOWED.items()):
             if getattr(self, f) not in allowed:
                 raise ModelError(f"{f}: one of {', '.join(allowed)}; got {getattr(self, f)!r}")
         if self.keep and self.recompute != "selective":
@@ -173,11 +218,14 @@ class TrainingConfig:
         for k in self.keep:
             if k not in names:
                 raise ModelError(f"keep: unknown name {k!r}; allowed: {', '.join(names)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ModelError(f"dropout: a probability in [0, 1), got {self.dropout}")
         if self.imbalance < 1.0:
             raise ModelError(f"imbalance: a factor >= 1.0 on the tokens per expert, got {self.imbalance}")
         for f in dataclasses.fields(self.dtypes):
-            if getattr(self.dtypes, f.name) < 1:
-                raise ModelError(f"dtypes.{f.name}: bytes per value, >= 1; got {getattr(self.dtypes, f.name)}")
+            v, low = getattr(self.dtypes, f.name), 0 if f.name == "master" else 1
+            if v < low:
+                raise ModelError(f"dtypes.{f.name}: bytes per value, >= {low}; got {v}")
 
 
 # --------------------------------------------------------------------------- presets

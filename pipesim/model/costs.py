@@ -33,6 +33,9 @@ class LayerCosts:
     flops_f: int                      # forward
     flops_b: int                      # input-gradient backward
     flops_w: int                      # weight-gradient backward
+    w_grad_outputs_bytes: int = 0     # weight matmuls' output gradients, kept from B to a deferred W
+    w_recompute_bytes: int = 0        # dropped weight-matmul inputs a deferred W re-materialises
+    logits_bytes: int = 0             # the loss's kept tensor (FP32 softmax or fused gradient)
 
 
 @dataclass(frozen=True)
@@ -45,7 +48,7 @@ class StageCosts:
     optimizer_bytes: int
     gather_bytes: int                 # ZeRO os+g+params: largest layer's gathered weights, else 0
     boundary_bytes: int               # hidden state sent to the next stage per micro-batch
-    logits_bytes: int                 # head logits + loss working set on the head's stage, else 0
+    logits_bytes: int                 # Σ the layers' logits_bytes (head and MTP losses), else 0
     layers: tuple[LayerCosts, ...]    # execution order: embedding, layers, MTP, head
 
 
@@ -54,8 +57,14 @@ def _kind_costs(m, p, t, kind: str) -> LayerCosts:
     """A layer's costs depend on its kind, not its index: computed once per (config, kind)."""
     a = act.layer_activations(m, p, t, kind)
     fl = layer_flops(m, p, t, kind)
-    return LayerCosts(name=kind, stored_bytes=a.stored, stored_by_module=a.stored_by_module,
-                      w_bytes=a.w, forward_transient_bytes=a.forward_transient,
+    # the loss's tensor is kept in its own category ("logits"): the largest single tensor of
+    # the last stage, and one a user looks for by name
+    by_module = dict(a.stored_by_module)
+    loss = by_module.pop("loss", 0)
+    return LayerCosts(name=kind, stored_bytes=a.stored - loss, stored_by_module=by_module,
+                      w_bytes=a.w, w_grad_outputs_bytes=a.w_grad_outputs,
+                      w_recompute_bytes=a.w_recompute, logits_bytes=loss,
+                      forward_transient_bytes=a.forward_transient,
                       recompute_bytes=a.recompute, backward_transient_bytes=a.backward_transient,
                       a2a_bytes=a.a2a, flops_f=fl.f, flops_b=fl.b,
                       flops_w=fl.w)
@@ -79,32 +88,34 @@ def stage_costs(model: ModelConfig, parallel: ParallelConfig, training: Training
     """
     m, p, t = model, parallel, training
     layers = list(layers)
-    per_dev = stage_params_per_device(m, p, layers, embedding=embedding, head=head, mtp=mtp)
-    st = states_bytes(per_dev, p, t.dtypes, t.zero)
+    sp_ = t.shared_placement
+    per_dev = stage_params_per_device(m, p, layers, embedding=embedding, head=head, mtp=mtp,
+                                      shared_placement=sp_)
+    st = states_bytes(per_dev, p, t.dtypes, t.zero, sp_)
 
     items, layer_param_counts = [], []
     if embedding:
         items.append(_layer(m, p, t, "embedding", "embedding"))
-        layer_param_counts.append(device_params(m, p, embedding_params(m), 0))
+        layer_param_counts.append(device_params(m, p, embedding_params(m), 0, sp_))
     for i in layers:
         kind = "moe" if m.is_moe(i) else "dense"
         items.append(_layer(m, p, t, _layer_name(i, kind), kind))
-        layer_param_counts.append(device_params(m, p, layer_params(m, i), 1))
+        layer_param_counts.append(device_params(m, p, layer_params(m, i), 1, sp_))
     if mtp:
         for k in range(m.mtp_modules):
             items.append(_layer(m, p, t, f"mtp {k}", "mtp"))
-            layer_param_counts.append(device_params(m, p, mtp_params(m), 1))
+            layer_param_counts.append(device_params(m, p, mtp_params(m), 1, sp_))
     if head:
         items.append(_layer(m, p, t, "head", "head"))
         layer_param_counts.append(
-            device_params(m, p, head_params(m, not (m.tied_embeddings and embedding)), 0))
+            device_params(m, p, head_params(m, not (m.tied_embeddings and embedding)), 0, sp_))
     gather = 0
     if t.zero == "os+g+params":
         gather = max((sum(c.values()) for c in layer_param_counts), default=0) * t.dtypes.weights
     return StageCosts(params=sum(per_dev.values()), weights_bytes=st.weights,
                       grads_bytes=st.grads, optimizer_bytes=st.optimizer, gather_bytes=gather,
                       boundary_bytes=act.boundary_bytes(m, p, t),
-                      logits_bytes=act.logits_bytes(m, p, t) if head else 0,
+                      logits_bytes=sum(L.logits_bytes for L in items),
                       layers=tuple(items))
 
 

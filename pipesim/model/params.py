@@ -22,15 +22,23 @@ Module names used everywhere (one dict key each):
 Per device (Megatron-LM layout, reference notes to Table 6): TP splits W_UQ, W_UK, W_UV, W_O
 (and W_Q when there is no query compression: a column-parallel linear), the dense FFN and the
 vocabulary of embedding and head (padded up to a multiple of tp); it replicates W_DQ, W_DKV,
-W_KR, W_QR, every norm, the gate, the shared experts and the MTP projection. EP spreads the
-routed experts (N/ep per device); ETP splits each routed expert's matrices.
+W_KR, W_QR, every norm, the gate and the MTP projection. The shared experts are replicated as
+the paper places them (``shared_placement = "paper"``) or TP-split like the dense FFN as
+Megatron-Core's SharedExpertMLP does ("megatron"). EP spreads the routed experts (N/ep per
+device); ETP splits each routed expert's matrices.
 """
 from __future__ import annotations
 
 from pipesim.model.config import ModelConfig, ParallelConfig
 
-# States of these modules are sharded over EDP under ZeRO; all others over DP (see states.py).
+# The MoE block's modules (the paper's "MoE" rows of Tables 6 and 8).
 MOE_MODULES = ("gate", "routed_experts", "shared_experts")
+
+
+def expert_modules(shared_placement: str = "paper") -> tuple[str, ...]:
+    """Modules whose ZeRO states shard over EDP (see states.py): the whole MoE block as the
+    paper places it, or only the routed experts as Megatron-Core does."""
+    return MOE_MODULES if shared_placement == "paper" else ("routed_experts",)
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -150,13 +158,15 @@ def stage_params(m: ModelConfig, layers, *, embedding: bool = False, head: bool 
     return out
 
 
-def per_device(m: ModelConfig, p: ParallelConfig, module: str, count: int) -> int:
+def per_device(m: ModelConfig, p: ParallelConfig, module: str, count: int,
+               shared_placement: str = "paper") -> int:
     """Per-device share of ``count`` parameters of ``module`` under TP / EP / ETP.
 
-    The MLA row needs the matrix split, so it is handled by ``layer_params_per_device``;
-    here: mlp /tp; embedding, head: ⌈V/tp⌉·h; routed_experts /(ep·etp); the rest replicated.
+    The MLA row needs the matrix split, so it is handled by ``mla_per_device``; here: mlp /tp
+    (and shared_experts /tp with the "megatron" placement); embedding, head: ⌈V/tp⌉·h;
+    routed_experts /(ep·etp); the rest replicated.
     """
-    if module == "mlp":
+    if module == "mlp" or (module == "shared_experts" and shared_placement == "megatron"):
         return count // p.tp
     if module in ("embedding", "head"):
         return _ceil_div(m.vocab, p.tp) * m.hidden if count else 0
@@ -175,18 +185,20 @@ def mla_per_device(m: ModelConfig, p: ParallelConfig) -> int:
 
 
 def device_params(m: ModelConfig, p: ParallelConfig, modules: dict[str, int],
-                  n_mla: int) -> dict[str, int]:
+                  n_mla: int, shared_placement: str = "paper") -> dict[str, int]:
     """Per-device counts of a module dict holding ``n_mla`` layers' worth of MLA."""
     out = {}
     for k, v in modules.items():
-        out[k] = n_mla * mla_per_device(m, p) if k == "mla" else per_device(m, p, k, v)
+        out[k] = (n_mla * mla_per_device(m, p) if k == "mla"
+                  else per_device(m, p, k, v, shared_placement))
     return out
 
 
 def stage_params_per_device(m: ModelConfig, p: ParallelConfig, layers, *, embedding: bool = False,
-                            head: bool = False, mtp: bool = False) -> dict[str, int]:
+                            head: bool = False, mtp: bool = False,
+                            shared_placement: str = "paper") -> dict[str, int]:
     """``stage_params`` on one device of the stage, by module."""
     layers = list(layers)
     glob = stage_params(m, layers, embedding=embedding, head=head, mtp=mtp)
     n_mla = len(layers) + (m.mtp_modules if mtp else 0)
-    return device_params(m, p, glob, n_mla)
+    return device_params(m, p, glob, n_mla, shared_placement)

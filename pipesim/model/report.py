@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 
 from pipesim.model import params as P
-from pipesim.model.activations import layer_activations
+from pipesim.model.activations import layer_activations, tensor_listing
 from pipesim.model.config import ModelConfig, ParallelConfig, TrainingConfig
 from pipesim.model.states import SHARDED, states_bytes
 
@@ -28,12 +28,16 @@ def _mib(n: int) -> float:
     return round(n / MIB, 2)
 
 
-def _stages(m: ModelConfig, layers_per_stage) -> list[dict]:
-    out, first = [], 0
+def _stages(m: ModelConfig, layers_per_stage, placement=None) -> list[dict]:
+    """Each stage's layers and whether it holds the embedding, head and MTP: by ``placement``
+    (a ``[placement]`` table: its embedding_stage, head_stage, mtp_stage), else first / last."""
     n = len(layers_per_stage)
+    emb, head, mtp = ((getattr(placement, k) % n for k in ("embedding_stage", "head_stage", "mtp_stage"))
+                      if placement is not None else (0, n - 1, n - 1))
+    out, first = [], 0
     for s, c in enumerate(layers_per_stage):
-        out.append({"layers": range(first, first + c), "embedding": s == 0, "head": s == n - 1,
-                    "mtp": s == n - 1 and m.mtp_modules > 0})
+        out.append({"layers": range(first, first + c), "embedding": s == emb, "head": s == head,
+                    "mtp": s == mtp and m.mtp_modules > 0})
         first += c
     return out
 
@@ -81,18 +85,22 @@ def _table4(m: ModelConfig, stages: list[dict], wb: int) -> dict:
     rows.append(["sum", "", sum(len(st["layers"]) for st in stages), total, _gib(total * wb)])
     return {"title": "Table 4: parameters per pipeline stage",
             "columns": ["stage", "layers", "n_layers", "params", "GiB"], "rows": rows,
-            "notes": ["embedding on the first stage; head and MTP on the last"]}
+            "notes": ["embedding on stage " + ", ".join(str(i) for i, st in enumerate(stages) if st["embedding"])
+                      + "; head on stage " + ", ".join(str(i) for i, st in enumerate(stages) if st["head"])
+                      + ("; MTP on stage " + ", ".join(str(i) for i, st in enumerate(stages) if st["mtp"])
+                         if m.mtp_modules else "")]}
 
 
-def _device(m, p, st) -> dict[str, int]:
+def _device(m, p, t, st) -> dict[str, int]:
     return P.stage_params_per_device(m, p, st["layers"], embedding=st["embedding"],
-                                     head=st["head"], mtp=st["mtp"])
+                                     head=st["head"], mtp=st["mtp"],
+                                     shared_placement=t.shared_placement)
 
 
-def _table6(m: ModelConfig, p: ParallelConfig, stages: list[dict], wb: int) -> dict:
+def _table6(m: ModelConfig, p: ParallelConfig, t: TrainingConfig, stages: list[dict], wb: int) -> dict:
     rows = []
     for s, st in enumerate(stages):
-        d = _device(m, p, st)
+        d = _device(m, p, t, st)
         norms = sum(d.get(k, 0) for k in _NORMS)
         moe = sum(d.get(k, 0) for k in P.MOE_MODULES)
         total = sum(d.values())
@@ -102,23 +110,28 @@ def _table6(m: ModelConfig, p: ParallelConfig, stages: list[dict], wb: int) -> d
     return {"title": "Table 6: parameters per device",
             "columns": ["stage", "rmsnorm", "mla", "emb+head", "mlp+proj", "non-moe", "moe",
                         "total", "bytes", "MiB", "GiB"], "rows": rows,
-            "notes": [f"TP{p.tp} EP{p.ep} ETP{p.etp}: W_UQ/W_UK/W_UV/W_O, dense FFN and vocab split "
-                      "by TP; W_DQ/W_DKV/W_KR/W_QR, norms, gate, shared experts replicated"]}
+            "notes": [f"TP{p.tp} EP{p.ep} ETP{p.etp}: W_UQ/W_UK/W_UV/W_O, dense FFN, vocab"
+                      + (", shared experts" if t.shared_placement == "megatron" else "")
+                      + " split by TP; W_DQ/W_DKV/W_KR/W_QR, norms, gate"
+                      + (", shared experts" if t.shared_placement != "megatron" else "")
+                      + f" replicated (shared_placement = {t.shared_placement})"]}
 
 
 def _table8(m: ModelConfig, p: ParallelConfig, t: TrainingConfig, stages: list[dict]) -> dict:
-    devs = [_device(m, p, st) for st in stages]
+    devs = [_device(m, p, t, st) for st in stages]
     s = max(range(len(devs)), key=lambda i: sum(devs[i].values()))
     rows = []
     for zero in SHARDED:
-        st = states_bytes(devs[s], p, t.dtypes, zero)
+        st = states_bytes(devs[s], p, t.dtypes, zero, t.shared_placement)
         rows.append([zero, st.weights, st.grads, st.optimizer, st.total, _gib(st.weights),
                      _gib(st.grads), _gib(st.optimizer), _gib(st.total)])
     return {"title": f"Table 8: model states per device by ZeRO level (stage {s}, the largest)",
             "columns": ["zero", "weights", "grads", "optimizer", "total", "w GiB", "g GiB",
                         "o GiB", "total GiB"], "rows": rows,
-            "notes": [f"non-MoE states sharded over DP={p.dp}, MoE (gate, routed and shared "
-                      f"experts) over EDP={p.edp_effective}; bytes per value {dataclasses.asdict(t.dtypes)}"]}
+            "notes": [f"dense states sharded over DP*CP={p.zero_ways}, "
+                      + ("MoE (gate, routed and shared experts)" if t.shared_placement == "paper"
+                         else "routed experts")
+                      + f" over EDP={p.edp_effective}; bytes per value {dataclasses.asdict(t.dtypes)}"]}
 
 
 def _table10(m: ModelConfig, p: ParallelConfig, t: TrainingConfig, stages: list[dict]) -> dict:
@@ -151,20 +164,48 @@ def _table10(m: ModelConfig, p: ParallelConfig, t: TrainingConfig, stages: list[
                       "expert_tokens = \"paper\" reproduces the paper's Table 10 (R = b*s*N_r/ep); "
                       "\"routed\" counts the tokens a device's experts receive (T_sp*N_r)",
                       "moe = norm + router + routed + shared experts; other = embedding ids, "
-                      "head and MTP inputs (the head's logits are a transient, not stored)"]}
+                      "head and MTP inputs, and the loss's kept tensor (FP32 softmax or fused gradient)",
+                      f"recipe {t.recipe}: {t.inventory} inventory, dropout {t.dropout}, "
+                      f"recompute granularity {t.recompute_granularity}, cross-entropy {t.cross_entropy}"]}
 
 
 def tables(model: ModelConfig, parallel: ParallelConfig, training: TrainingConfig,
-           layers_per_stage) -> dict:
-    """The paper's Tables 3, 4, 6, 8 and 10 for this model, layout and recipe (JSON-able)."""
-    stages = _stages(model, list(layers_per_stage))
+           layers_per_stage, placement=None) -> dict:
+    """The paper's Tables 3, 4, 6, 8 and 10 for this model, layout and recipe (JSON-able);
+    ``placement`` (the scenario's ``[placement]``) says where embedding, head and MTP sit."""
+    stages = _stages(model, list(layers_per_stage), placement)
     wb = training.dtypes.weights
     return {"model": model.name,
             "table3": _table3(model, wb),
             "table4": _table4(model, stages, wb),
-            "table6": _table6(model, parallel, stages, wb),
+            "table6": _table6(model, parallel, training, stages, wb),
             "table8": _table8(model, parallel, training, stages),
             "table10": _table10(model, parallel, training, stages)}
+
+
+def tensor_tables(model: ModelConfig, parallel: ParallelConfig, training: TrainingConfig) -> dict:
+    """One table per layer kind of the model: every activation tensor a device keeps per
+    micro-batch, with its shape, dtype, bytes, status under the recipe and the reason."""
+    m, t = model, training
+    kinds = ["embedding"]
+    kinds += ["dense"] if m.dense_layers else []
+    kinds += ["moe"] if m.dense_layers < m.layers else []
+    kinds += (["mtp"] if m.mtp_modules else []) + ["head"]
+    out: dict = {"model": m.name}
+    for kind in kinds:
+        rows = tensor_listing(m, parallel, t, kind)
+        stored = sum(r["bytes"] for r in rows if r["status"] == "stored")
+        out[kind] = {
+            "title": f"{kind} layer: activation tensors per device and micro-batch "
+                     f"(recipe {t.recipe}, recompute {t.recompute}; stored {stored:,} bytes, {_mib(stored)} MiB)",
+            "columns": ["tensor", "status", "shape", "dtype", "bytes", "MiB", "why"],
+            "rows": [[r["name"], r["status"], "x".join(map(str, r["shape"])) or "-", r["dtype"] or "-",
+                      r["bytes"], _mib(r["bytes"]), r["why"]] for r in rows],
+            "notes": [f"TP{parallel.tp} SP{'on' if parallel.sp else 'off'} CP{parallel.cp} "
+                      f"EP{parallel.ep} ETP{parallel.etp}, b={t.micro_batch_size}, s={t.seq_len}, "
+                      f"{t.inventory} inventory (pipesim.model.inventory_{t.inventory})"],
+        }
+    return out
 
 
 def _cell(v) -> str:
