@@ -266,6 +266,10 @@ def _build(raw: dict, path: Path) -> Scenario:
             obj.validate(model)
         except ModelError as exc:
             raise ScenarioError(f"{section}: {exc}") from None
+    try:
+        training.validate_layout(parallel)
+    except ModelError as exc:
+        raise ScenarioError(f"training: {exc}") from None
     _check_positive(hardware, "hardware", ("memory_gib", "peak_tflops", "efficiency", "p2p_bandwidth_gbps"))
     if hardware.efficiency > 1:
         raise ScenarioError(f"hardware.efficiency: a fraction of peak in (0, 1], got {hardware.efficiency}")

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pipesim.memory import GIB, build_templates, round_up
 from pipesim.model import StageCosts, stage_costs
 from pipesim.model.costs import relabel
+from pipesim.model.params import rank_matrix_adjustment
+from pipesim.model.states import states_bytes, wgrad_placeholder_bytes
 from pipesim.placement import StagePlan, stage_plans
 from pipesim.simulator import Timing
 
@@ -51,6 +53,26 @@ def _recompute_flops(sc, costs: StageCosts) -> tuple[float, ...]:
             share = L.recompute_bytes / (L.recompute_bytes + L.stored_bytes)
             out.append(float(L.flops_f) * share)
     return tuple(out)
+
+
+def _rank_extras(sc, plans) -> dict[str, int]:
+    """Static bytes a rank adds to (or shares from) the sum of its stages' states: the embedding
+    and head matrices that several stages use (``params.rank_matrix_adjustment``), and Transformer
+    Engine's placeholder weight gradients, counted once per distinct weight shape on the rank
+    (``states.wgrad_placeholder_bytes``; part of ``grads``)."""
+    m, p, t = sc.model, sc.parallel, sc.training
+    adjust = rank_matrix_adjustment(m, p, plans)
+    grow = {k: v for k, v in adjust.items() if v > 0}
+    share = {k: -v for k, v in adjust.items() if v < 0}
+    plus = states_bytes(grow, p, t.dtypes, t.zero, t.shared_placement)
+    minus = states_bytes(share, p, t.dtypes, t.zero, t.shared_placement)
+    out = {"weights": plus.weights - minus.weights, "grads": plus.grads - minus.grads,
+           "optimizer": plus.optimizer - minus.optimizer}
+    if t.te_wgrad_placeholders:
+        kinds = {"moe" if m.is_moe(i) else "dense" for x in plans for i in x.layers}
+        kinds |= {"mtp"} if any(x.mtp for x in plans) else set()
+        out["grads"] += wgrad_placeholder_bytes(m, p, kinds, t.dtypes.weights, t.shared_placement)
+    return out
 
 
 def _seconds(override_ms, s: int, default: float) -> float:
@@ -103,11 +125,14 @@ def build_workload(sc, schedule=None) -> Workload:
     static = []
     for r in range(schedule.pp):
         by_cat = {"weights": 0, "grads": 0, "optimizer": 0, "comm_buffers": comm}
-        for chunk in range(len(schedule.placement[r])):
-            c = costs[schedule.stage(r, chunk)]
+        stages = [schedule.stage(r, chunk) for chunk in range(len(schedule.placement[r]))]
+        for s in stages:
+            c = costs[s]
             by_cat["weights"] += round_up(c.weights_bytes, gran)
             by_cat["grads"] += round_up(c.grads_bytes, gran)
             by_cat["optimizer"] += round_up(c.optimizer_bytes, gran)
+        for cat, delta in _rank_extras(sc, [plans[s] for s in stages]).items():
+            by_cat[cat] += (1 if delta > 0 else -1) * round_up(abs(delta), gran)
         static.append(by_cat)
     return Workload(schedule, plans, costs, timing, templates, tuple(static),
                     tuple(round_up(c.boundary_bytes, gran) for c in costs))

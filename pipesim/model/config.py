@@ -227,6 +227,18 @@ class TrainingConfig:
             if v < low:
                 raise ModelError(f"dtypes.{f.name}: bytes per value, >= {low}; got {v}")
 
+    def validate_layout(self, p: ParallelConfig) -> None:
+        """Raise ``ModelError`` if the sequence does not split evenly over the layout: CP cuts
+        it into cp chunks (2·cp with Megatron's load-balanced causal split, but cp suffices
+        here), and sequence parallelism shards each chunk's tokens over tp. Refused, never
+        rounded: a rounded count would describe a run no framework can launch."""
+        if self.seq_len % p.cp:
+            raise ModelError(f"seq_len: must be divisible by parallel.cp ({p.cp}), got {self.seq_len}")
+        tokens = self.micro_batch_size * self.seq_len // p.cp
+        if p.sp and p.tp > 1 and tokens % p.tp:
+            raise ModelError(f"seq_len: micro_batch_size*seq_len/cp ({tokens}) must be divisible by "
+                             f"parallel.tp ({p.tp}) with sequence parallelism (sp = true), got seq_len {self.seq_len}")
+
 
 # --------------------------------------------------------------------------- presets
 

@@ -202,3 +202,31 @@ def stage_params_per_device(m: ModelConfig, p: ParallelConfig, layers, *, embedd
     glob = stage_params(m, layers, embedding=embedding, head=head, mtp=mtp)
     n_mla = len(layers) + (m.mtp_modules if mtp else 0)
     return device_params(m, p, glob, n_mla, shared_placement)
+
+
+def rank_matrix_adjustment(m: ModelConfig, p: ParallelConfig, plans) -> dict[str, int]:
+    """Per-device parameters a rank holding the stages ``plans`` adds (+) or shares (−) on top
+    of its stages' own counts, for the matrices that several stages use.
+
+    Stage counts are made one stage at a time (``stage_params``); what they cannot see is the
+    rank: on V-shaped schedules (zb-v, dualpipev) and DualPipe one rank holds the first and the
+    last stage. Per rank:
+    - tied embeddings with the embedding and the head on two stages of this rank: one matrix,
+      not two: −⌈V/tp⌉·h (head);
+    - an MTP module needs the embedding (of the next tokens) and the output head (DeepSeek-V3
+      section 2.2): on a rank without the embedding it keeps its own copy, +⌈V/tp⌉·h
+      (embedding), and on a rank without the head +⌈V/tp⌉·h (head); DeepSeek-V3 places the
+      MTP module with the embedding and the head, so both are shared.
+    """
+    emb = any(x.embedding for x in plans)
+    head = any(x.head for x in plans)
+    mtp = any(x.mtp for x in plans)
+    matrix = _ceil_div(m.vocab, p.tp) * m.hidden
+    out = {"embedding": 0, "head": 0}
+    if m.tied_embeddings and emb and head and not any(x.embedding and x.head for x in plans):
+        out["head"] -= matrix
+    if mtp and not emb:
+        out["embedding"] += matrix
+    if mtp and not head:
+        out["head"] += matrix
+    return out

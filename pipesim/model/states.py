@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipesim.model.config import DTypes, ParallelConfig
+from pipesim.model.config import DTypes, ModelConfig, ParallelConfig
 from pipesim.model.params import expert_modules
 
 SHARDED = {
@@ -65,3 +65,48 @@ def states_bytes(device_params: dict[str, int], p: ParallelConfig, dtypes: DType
         out[part] = (_shard(dense * nbytes, p.zero_ways if sharded else 1)
                      + _shard(moe * nbytes, p.edp_effective if sharded else 1))
     return States(**out)
+
+
+def linear_weight_shapes(m: ModelConfig, p: ParallelConfig, kinds, shared_placement: str = "paper"
+                         ) -> set[tuple[int, int]]:
+    """Per-device weight shapes of the Transformer Engine linears in layers of ``kinds``.
+
+    MLA: W_DQ [h, d_cq], W_UQ [d_cq, n_h·d_h/tp], W_QR [d_cq, n_h·d_hr] (or W_Q
+    [h, n_h(d_h+d_hr)/tp]), W_DKV [h, d_c], W_UK and W_UV [d_c, n_h·d_h/tp], W_KR [h, d_hr],
+    W_O [n_h·d_h/tp, h]; dense FFN fc1 [h, 2f/tp], fc2 [f/tp, h]; a routed expert's fc1
+    [h, 2h_E/etp] and fc2 [h_E/etp, h] (one shape for all experts); the shared experts' fc1
+    [h, 2N_s·h_E/tp'] and fc2 (tp' = tp with the megatron placement, else 1); the MTP
+    projection [2h, h]. The router and the output layer are not TE modules.
+    """
+    h, nh, dh, dhr, tp = m.hidden, m.heads, m.head_dim, m.rope_head_dim, p.tp
+    out: set[tuple[int, int]] = set()
+    kinds = set(kinds)
+    if kinds & {"dense", "moe", "mtp"}:
+        if m.q_compress:
+            out |= {(h, m.q_compress), (m.q_compress, nh * dh // tp), (m.q_compress, nh * dhr)}
+        else:
+            out.add((h, nh * (dh + dhr) // tp))
+        out |= {(h, m.kv_compress), (m.kv_compress, nh * dh // tp), (h, dhr), (nh * dh // tp, h)}
+    if "dense" in kinds:
+        out |= {(h, 2 * m.dense_ffn_hidden // tp), (m.dense_ffn_hidden // tp, h)}
+    if kinds & {"moe", "mtp"}:
+        e = m.moe_ffn_hidden // p.etp
+        out |= {(h, 2 * e), (e, h)}
+        if m.shared_experts:
+            w = m.shared_experts * m.moe_ffn_hidden // (tp if shared_placement == "megatron" else 1)
+            out |= {(h, 2 * w), (w, h)}
+    if "mtp" in kinds:
+        out.add((2 * h, h))
+    return out
+
+
+def wgrad_placeholder_bytes(m: ModelConfig, p: ParallelConfig, kinds, weight_bytes: int,
+                            shared_placement: str = "paper") -> int:
+    """Transformer Engine's placeholder weight gradients under gradient-accumulation fusion.
+
+    With ``fuse_wgrad_accumulation`` the weight-gradient GEMM accumulates straight into the FP32
+    ``main_grad`` buffer, and TE returns autograd a dummy tensor of the weight's shape instead;
+    it caches one per distinct (shape, dtype) for the life of the process, so a device holds
+    Σ over distinct weight shapes of rows·cols·weight_bytes (``linear_weight_shapes``).
+    """
+    return sum(r * c for r, c in linear_weight_shapes(m, p, kinds, shared_placement)) * weight_bytes
