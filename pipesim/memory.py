@@ -27,6 +27,11 @@ Lifetimes (per layer j of a stage, per micro-batch):
   receive buffer when the op before the consuming op ends (at t = 0 if there is none; an FB is
   one op, so both its inputs are posted before it) and hands it over when the consuming atom
   starts. In a slot, allocations come before releases (they are never later in time).
+- an FB (DualPipe's overlapped pair): DeepSeek-V3 interleaves the two micro-batches' forward
+  and backward chunk by chunk, so their working sets coexist. Each half is laid at its own span
+  (the simulator splits the FB's time F-then-B), and holds, for its whole span, the other
+  half's largest transient (workspace, recompute, a2a, gather: ``overlapped``), an upper bound
+  of the interleaving.
 - weights, grads, optimizer, comm_buffers: static, from t = 0.
 Fragmentation is not a ledger entry: it is ``fraction × allocated`` and is added by ``Result``.
 Every delta is rounded up to the allocator's granularity, the same on allocation and release.
@@ -139,6 +144,57 @@ def build_templates(stage, recompute_flops, granularity: int) -> dict[int, Templ
     return out
 
 
+TRANSIENT = ("workspace", "recompute", "a2a", "gather")
+
+
+def transient_peak(tpl: Template) -> int:
+    """The largest level a template's transient categories reach (0 if none)."""
+    sel = np.isin(tpl.cat, [CAT[c] for c in TRANSIENT])
+    return int(max(0, np.cumsum(tpl.delta[sel]).max(initial=0)))
+
+
+def overlapped(tpl: Template, partner: Template) -> Template:
+    """``tpl`` with the partner half's largest transient held from its start to its end."""
+    extra = transient_peak(partner)
+    if not extra:
+        return tpl
+    ws = CAT["workspace"]
+    return Template(np.concatenate([[0.0], tpl.frac, [1.0]]),
+                    np.concatenate([[ws], tpl.cat, [ws]]).astype(np.int8),
+                    np.concatenate([[extra], tpl.delta, [-extra]]).astype(np.int64))
+
+
+def atom_templates(spans, templates: dict) -> tuple[np.ndarray, list[Template]]:
+    """Each atom's template as an index into a list of distinct templates.
+
+    An atom uses its (stage, kind) template, or, as one half of an FB (two consecutive atoms of
+    one op on a rank), that template ``overlapped`` with its partner's. Equal templates (stages
+    of one shape share theirs) get one index, so callers work each out once.
+    """
+    n = len(spans.start)
+    key = spans.stage.astype(np.int64) * 4 + spans.kind
+    partner = np.full(n, -1, dtype=np.int64)
+    if n > 1:
+        pair = np.nonzero((spans.op_index[1:] == spans.op_index[:-1])
+                          & (spans.rank[1:] == spans.rank[:-1]))[0]
+        partner[pair], partner[pair + 1] = key[pair + 1], key[pair]
+    width = int(key.max()) + 2 if n else 1          # partner + 1 < width: a mixed-radix code
+    code = key * width + (partner + 1)
+    uniq, inverse = np.unique(code, return_inverse=True)
+    distinct, by_id, lut = [], {}, np.empty(len(uniq), np.int64)
+    for i, c in enumerate(uniq.tolist()):
+        own, other = divmod(c, width)
+        t = templates[(own // 4, own % 4)]
+        if other:
+            u = other - 1
+            t = overlapped(t, templates[(u // 4, u % 4)])
+        ident = (id(templates[(own // 4, own % 4)]), other and id(templates[((other - 1) // 4, (other - 1) % 4)]))
+        lut[i] = by_id.setdefault(ident, len(distinct))
+        if lut[i] == len(distinct):
+            distinct.append(t)
+    return lut[inverse.reshape(-1)], distinct
+
+
 @dataclass(frozen=True)
 class Ledger:
     """All memory records, per rank in causal order (rank-major). Arrays of equal length."""
@@ -249,12 +305,11 @@ def build_ledger(spans, templates, static_bytes, p2p: P2PBuffers) -> Ledger:
     n_atoms = len(spans.start)
     tlen = np.zeros(n_atoms, dtype=np.int64)
     groups = {}
-    group = spans.stage.astype(np.int64) * 4 + spans.kind
-    for g in np.unique(group):
-        idx = np.nonzero(group == g)[0]
-        tpl = templates[(int(g) // 4, int(g) % 4)]
+    tid, distinct = atom_templates(spans, templates)
+    for g, tpl in enumerate(distinct):
+        idx = np.nonzero(tid == g)[0]
         tlen[idx] = len(tpl.delta)
-        groups[int(g)] = (idx, tpl)
+        groups[g] = (idx, tpl)
     n_static = [sum(1 for v in by_cat.values() if v) for by_cat in static_bytes]
     ranks = len(static_bytes)
     # Rank r's block: its static records, then its atoms' template records in atom order.

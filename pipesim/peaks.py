@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipesim.memory import CAT, CATEGORIES
+from pipesim.memory import CAT, CATEGORIES, atom_templates
 
 _NONE = np.iinfo(np.int64).min // 4   # "not a candidate": below any real level
 
@@ -68,18 +68,9 @@ def find_peaks(spans, templates: dict, static_bytes, p2p) -> list[PeakRecord]:
     n = len(spans.start)
     rank = spans.rank.astype(np.int64)
     bounds = np.searchsorted(rank, np.arange(ranks + 1))
-    # each atom's template, as an index into the distinct template objects (stages of one shape
-    # share theirs, so each is worked out once)
-    code = spans.stage.astype(np.int64) * 4 + spans.kind
-    present = np.zeros(int(code.max()) + 1 if n else 1, dtype=bool)
-    present[code] = True
-    distinct, index, lut = [], {}, np.zeros(len(present), np.int64)
-    for u in np.nonzero(present)[0].tolist():
-        t = templates[(u // 4, u % 4)]
-        lut[u] = index.setdefault(id(t), len(distinct))
-        if lut[u] == len(distinct):
-            distinct.append(t)
-    tid = lut[code]
+    # each atom's template, as an index into the distinct templates (stages of one shape share
+    # theirs, so each is worked out once; an FB's halves use their overlapped variants)
+    tid, distinct = atom_templates(spans, templates)
     tab = _template_table(distinct)
 
     # slots: allocations (sends, then receives posted) come before releases

@@ -7,6 +7,9 @@ the moment inside an [F&B] where the forward has allocated before the backward f
 """
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 
 from schedules.dualpipe import build_dualpipe, build_dualpipev
@@ -90,3 +93,27 @@ def test_dualpipe_max_w_queue_is_h_plus_1(P, M):
 def test_dualpipev_max_w_queue_is_r_plus_1(R, M):
     s = build_dualpipev(R, M)
     assert [_peaks(ops)[4] for ops in s.ranks] == [r + 1 for r in range(R)]
+
+
+def test_fb_halves_hold_each_others_working_set():
+    """DeepSeek-V3 interleaves an FB's forward and backward chunk by chunk, so each half holds
+    the other's largest transient for its whole span: the partner backward's largest per-layer
+    working set (workspace + recompute + a2a), worked out from the stage costs."""
+    import pipesim
+    from pipesim.memory import CAT
+
+    sc = pipesim.load_scenario(Path(__file__).resolve().parents[1] / "scenarios" / "tiny.toml",
+                               {"schedule.name": "dualpipe", "parallel.pp": 2, "training.microbatches": 8})
+    res = pipesim.simulate(sc)
+    sp, led = res.spans, res.ledger
+    pair = [i for i in range(len(sp.start) - 1)
+            if sp.op_index[i] == sp.op_index[i + 1] and sp.rank[i] == sp.rank[i + 1]]
+    assert pair, "dualpipe has overlapped FB ops"
+    for i in pair[:4]:
+        b_stage = int(sp.stage[i + 1])
+        layers = res.workload.costs[b_stage].layers
+        expect = max(L.backward_transient_bytes + L.recompute_bytes + L.a2a_bytes for L in layers)
+        own = np.nonzero((led.atom == i) & (led.cat != CAT["p2p"]))[0]   # the F half's template
+        first, last = own[0], own[-1]
+        assert led.cat[first] == CAT["workspace"] and led.delta[first] == expect
+        assert led.cat[last] == CAT["workspace"] and led.delta[last] == -expect
