@@ -69,8 +69,8 @@ def status(tensors: list[Tensor], t: TrainingConfig) -> list[str]:
         return "recomputed"
 
     out = [one(x) for x in tensors]
-    if framework_inv:
-        by_name = dict(zip((x.name for x in tensors), out))
+    if framework_inv:       # a region's input is kept only when selective recompute runs it
+        by_name = dict(zip((x.name for x in tensors), out)) if t.recompute == "selective" else {}
         for i, x in enumerate(tensors):
             region = framework.REGION_INPUTS.get(x.name)
             if region is not None:
@@ -189,7 +189,7 @@ def layer_activations(m: ModelConfig, p: ParallelConfig, t: TrainingConfig,
     w           = Σ stored W tensors, plus the stored checkpoints when some W tensor is
                   recomputed (a deferred weight gradient re-materialises it from them)
     w_recompute = Σ recomputed W tensors (rebuilt again by a deferred W)
-    w_grad_outputs = a · Σ_matmuls tokens·columns (``_linear_outputs``)
+    w_grad_outputs = a' · Σ_matmuls tokens·columns (``_linear_outputs``; the head's at a)
     recompute   = Σ recomputed tensors (re-materialised during B; 0 for recompute none)
     forward_transient  = recompute + the forward working set (dropped tensors exist during F)
     backward_transient = the backward working set
@@ -212,7 +212,11 @@ def layer_activations(m: ModelConfig, p: ParallelConfig, t: TrainingConfig,
         w += sum(x.nbytes for x, s in zip(tensors, st)
                  if s == "stored" and x.checkpoint and not x.weight_input and x.module != "loss")
     fwd, bwd = _working_sets(m, g, kind, p.sp and p.tp > 1)
-    return LayerActivations(by_module, stored, w, g.a * _linear_outputs(m, p, g, kind), w_dropped,
+    # with FP8 training the weight-gradient GEMM takes its output gradient in FP8 too
+    # (DeepSeek-V3 Figure 6), so a deferred W keeps dY at a' (the output head stays in BF16)
+    head_dy = g.T * vocab_shard(m, p) if kind in ("head", "mtp") else 0
+    dy = g.a8 * (_linear_outputs(m, p, g, kind) - head_dy) + g.a * head_dy
+    return LayerActivations(by_module, stored, w, dy, w_dropped,
                             dropped, dropped + fwd, bwd, _a2a_bytes(m, g, t, kind))
 
 

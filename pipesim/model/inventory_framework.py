@@ -28,7 +28,7 @@ MLA sublayer (tensors made by TP-replicated weights cover T tokens, TP-split one
            mla.context  a·T·n_h/tp·d_h       W   P·V output made contiguous for W_O
     mla.mask            T_sp·h                   hidden dropout mask (with dropout)
 Dense FFN: mlp.input (C with sublayer checkpoints), mlp.rstd, mlp.normed (W); mlp.hidden
-    a·T·2f/tp (fc1 output = SwiGLU input); mlp.silu a·T·f/tp (eager SwiGLU only: SiLU(gate),
+    a'·T·2f/tp (fc1 output = SwiGLU input); mlp.silu a·T·f/tp (eager SwiGLU only: SiLU(gate),
     kept by the multiply); mlp.product a'·T·f/tp (W, fc2 input); mlp.mask T_sp·h (dropout).
 MoE FFN:
     moe.input, moe.rstd, moe.normed (W: router, shared experts; the dispatch gathers from it)
@@ -40,7 +40,7 @@ MoE FFN:
     experts.indices     8·S, or 4·S fused        int64 gather indices of the dispatch (shared by
                                                  the unpermute), or TE's int32 row map
     experts.input       a'·R·h               W   the tokens this device's experts receive
-    experts.hidden      a·R·2h_E/etp             fc1 output = SwiGLU input
+    experts.hidden      a'·R·2h_E/etp            fc1 output = SwiGLU input (FP8-cached by V3)
     experts.silu        a·R·h_E/etp              eager SwiGLU only
     experts.product     a'·R·h_E/etp         W   fc2 input
     combine "output":   experts.output a·S·h (the experts' output, kept by the multiply with
@@ -81,10 +81,13 @@ TENSORS = {
     "loss": ("softmax", "grad"),
 }
 # DeepSeek-V3's selective recomputation (arXiv 2412.19437, section 3.2.3): all RMSNorms and the
-# MLA up-projections are recomputed, the SwiGLU's input cached and its output recomputed. The
-# attention kernel keeps q, k, v itself, so recomputing the up-projections frees only their
-# inputs' normalised copies (and keeps the rope key as the recompute region's input).
+# MLA up-projections are recomputed, the SwiGLU's input cached and its output recomputed.
+# Recomputing the up-projections pays only if the attention kernel's q, k, v go too: they are
+# rebuilt from the latents before the attention backward (the harness: one checkpoint around
+# the latent norms, up-projections, rope and attention core), so the latents and the rope key
+# are kept as that region's inputs and the attention output by W_O.
 V3_RECOMPUTED = {"mla.rstd", "mla.normed", "mla.latent_rstd", "mla.latents_normed",
+                 "mla.q", "mla.k", "mla.v", "mla.lse",
                  "mlp.rstd", "mlp.normed", "mlp.silu", "mlp.product",
                  "moe.rstd", "moe.normed", "experts.silu", "experts.product", "shared.silu",
                  "shared.product", "mtp.rstd", "mtp.normed"}
@@ -138,7 +141,8 @@ def mla_tensors(m: ModelConfig, g: Shape) -> list[Tensor]:
 
 
 def _swiglu(module: str, tokens: int, width: int, g: Shape, fused: bool) -> list[Tensor]:
-    out = [tensor(f"{module}.hidden", (tokens, 2 * width), g.act, g.a, why="fc1 output, SwiGLU input")]
+    # DeepSeek-V3 caches the SwiGLU input in FP8 too (section 3.3.2): a' with fp8_activations
+    out = [tensor(f"{module}.hidden", (tokens, 2 * width), g.act8, g.a8, why="fc1 output, SwiGLU input")]
     if not fused:
         out.append(tensor(f"{module}.silu", (tokens, width), g.act, g.a, why="SiLU(gate), kept by the multiply"))
     out.append(tensor(f"{module}.product", (tokens, width), g.act8, g.a8, w=True, why="fc2 input"))

@@ -80,11 +80,13 @@ RECIPES: dict[str, dict] = {
     # attention, FP8 caching of the linear inputs, recomputation of the RMSNorms and MLA
     # up-projections (SwiGLU input cached, output recomputed), BF16 AdamW moments with FP32
     # master weights and gradients. Its framework (HAI-LLM) is not public; the loss is taken as
-    # fused and the router and shared experts as the paper places them.
+    # fused, the probabilities as applied inside the expert (the combine then keeps no expert
+    # output, as DeepEP-style fused SwiGLU-with-probabilities kernels do), the router and shared
+    # experts as the paper places them.
     "deepseek-v3": {
         "inventory": "framework", "attention": "flash", "dropout": 0.0, "recompute": "selective",
         "keep": ("deepseek-v3",), "recompute_granularity": "layer", "cross_entropy": "fused",
-        "swiglu_fusion": True, "moe_combine": "output", "moe_permute_fusion": True,
+        "swiglu_fusion": True, "moe_combine": "activation", "moe_permute_fusion": True,
         "shared_placement": "paper", "te_wgrad_placeholders": False, "expert_tokens": "routed",
         "fp8_activations": True, "dtypes": dict(_PAPER_DTYPES),
     },
