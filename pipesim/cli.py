@@ -6,6 +6,7 @@
     python -m pipesim sweep scenarios/tiny.toml training.microbatches 4 8 16 [-o DIR]
     python -m pipesim model scenarios/v3_pp16.toml [--json]
     python -m pipesim schedule 1f1b --pp 4 --microbatches 8 [--chunks 2]
+    python -m pipesim score scenarios/tiny.toml MEASURED... [--max-error PCT] [--json] [-o DIR]
 
 ``--set KEY=VALUE`` (repeatable; every verb that reads a scenario) overrides one value of the
 file before it is validated: KEY is a dotted path (``training.microbatches``, ``schedule.name``,
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import schedules
 from pipesim.scenario import ScenarioError, load_scenario
+from pipesim.score.measured import ScoreError
 
 
 class UsageError(ValueError):
@@ -177,6 +179,35 @@ def _schedule(args) -> int:
     return 0
 
 
+def _score(args) -> int:
+    """``score SCENARIO MEASURED...``: the prediction beside a real run's memory (``pipesim.score``)."""
+    import contextlib
+
+    from pipesim.api import simulate
+    from pipesim.export import text_writer
+    from pipesim.score import read, report, score
+
+    if args.max_error is not None and not args.max_error >= 0:
+        raise UsageError(f"--max-error: must be a percentage >= 0, got {args.max_error}")
+    sc = load_scenario(args.scenario, parse_sets(args.set))
+    measured = [read(path) for path in args.measured]
+    s = score(simulate(sc), measured)
+    if args.json:
+        print(report.json_text(s), end="")
+    else:
+        print(report.table(s))
+    # with --json, stdout is the JSON alone: "wrote ..." goes to stderr
+    with contextlib.redirect_stdout(sys.stderr if args.json else sys.stdout):
+        _write(args, f"{sc.name}-score", {"score.json": text_writer(report.json_text(s)),
+                                          "score.png": lambda p: report.png(s, p)})
+    worst = s.worst_error_pct()
+    if args.max_error is not None and worst is not None and worst > args.max_error:
+        print(f"FAIL: largest |error| {worst:.1f}% exceeds --max-error {args.max_error:g}%",
+              file=sys.stderr if args.json else sys.stdout)
+        return 1
+    return 0
+
+
 def _add_set(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a scenario value, e.g. --set training.microbatches=16 (repeatable)")
@@ -222,6 +253,16 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--microbatches", type=int, required=True)
     s.add_argument("--chunks", type=int, default=None, help="chunks per rank (interleaved)")
     s.set_defaults(func=_schedule)
+    k = sub.add_parser("score", help="compare a scenario's prediction with a real run's memory: score.json, score.png")
+    k.add_argument("scenario")
+    k.add_argument("measured", nargs="+", help="torch memory snapshot pickles, torch.profiler memory timeline "
+                   "JSON, Megatron-LM logs or time_s,rank,bytes CSV (format read from the content; rank from "
+                   "the content, a rankN in the file name, or the argument position)")
+    k.add_argument("--max-error", type=float, metavar="PCT", help="exit 1 if any rank's |peak error| exceeds PCT percent")
+    k.add_argument("--json", action="store_true", help="print score.json instead of the table")
+    k.add_argument("-o", "--output", help="output folder (default results/<scenario name>-score)")
+    _add_set(k)
+    k.set_defaults(func=_score)
     return p
 
 
@@ -229,7 +270,7 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ScenarioError, schedules.ScheduleError, UsageError) as exc:
+    except (ScenarioError, schedules.ScheduleError, UsageError, ScoreError) as exc:
         for line in str(exc).splitlines():     # a sweep reports every invalid value, one line each
             print(f"error: {line}", file=sys.stderr)
         return 2
