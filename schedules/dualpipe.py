@@ -2,7 +2,7 @@
 
 The per-rank op order reproduces deepseek-ai/DualPipe (``dualpipe/dualpipe.py`` and
 ``dualpipe/dualpipev.py``, ``step()``) exactly, as recorded in
-``/work/shared/reference/dualpipe.md``. Both classes run the same eight numbered steps; only the
+``docs/reference/dualpipe.md``. Both classes run the same eight numbered steps; only the
 constants differ, so the steps live once, in ``_eight_steps``:
 
     symbol   DualPipe (P ranks, M micro-batches)   DualPipeV (R ranks, M micro-batches)

@@ -1,6 +1,6 @@
 """DualPipe / DualPipeV order against the reference's recorded behaviour.
 
-Every expected value here comes from /work/shared/reference/dualpipe.md (traces of
+Every expected value here comes from docs/reference/dualpipe.md (traces of
 deepseek-ai/DualPipe run on CPU), never from schedules.dualpipe itself.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Activation bytes against the Table 10 grid of the paper (reference/activations.md) and
+"""Activation bytes against the Table 10 grid of the paper (docs/reference/activations.md) and
 hand-worked variants of its formulas (flash attention, FP8, selective recompute, CP, EP tokens)."""
 import pytest
 

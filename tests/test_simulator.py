@@ -130,7 +130,7 @@ def test_dualpipe_doubles_weights_and_holds_pp_plus_one():
         w = levels(res, r)[-1, CAT["weights"]]
         assert w == res.workload.costs[r].weights_bytes + res.workload.costs[pp - 1 - r].weights_bytes
     # Ranks 1 and 2 hold stages 1 and 2 (two MoE layers each, no embedding or head): equal stages,
-    # so the in-flight peak in stage-activation units is pp + 1 (DualPipe README; shared/reference/
+    # so the in-flight peak in stage-activation units is pp + 1 (DualPipe README; docs/reference/
     # dualpipe.md section 8), reached inside an overlapped FB step.
     stored = stage_stored(res, 1)
     assert stage_stored(res, 2) == stored
