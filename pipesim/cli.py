@@ -24,11 +24,13 @@ import argparse
 import json
 import os
 import re
+import signal
 import sys
 import tomllib
 from pathlib import Path
 
 import schedules
+from pipesim.export import OutputError, check_output
 from pipesim.scenario import ScenarioError, load_scenario
 from pipesim.score.measured import ScoreError
 
@@ -50,6 +52,9 @@ def parse_value(text: str, what: str):
         except tomllib.TOMLDecodeError:
             if _BARE.fullmatch(text):
                 return text
+        except ValueError:      # an integer of more than 4300 digits
+            raise UsageError(f"{what}: a number of {len(text)} characters is far too large; "
+                             f"write e.g. 16 or 2.5") from None
     raise UsageError(f"{what}: {text!r} is not a TOML value; write e.g. 16, 2.5, true, zb-h1, "
                      f"\"a b\" or [4, 4, 1]")
 
@@ -66,11 +71,18 @@ def parse_sets(items: list[str]) -> dict:
     return out
 
 
+def _output(args, default: str) -> Path:
+    """``-o`` or ``results/<default>``, checked writable (``OutputError``) before any work."""
+    out = Path(args.output) if args.output is not None else Path("results") / default
+    check_output(args.output if args.output is not None else out)
+    return out
+
+
 def _write(args, default: str, writers: dict) -> int:
     """Write ``writers`` (name -> callable(path)) atomically into ``-o`` or ``results/<default>``."""
     from pipesim.export import write_outputs
 
-    out = Path(args.output) if args.output else Path("results") / default
+    out = _output(args, default)
     print("wrote " + ", ".join(str(f) for f in write_outputs(out, writers)))
     return 0
 
@@ -82,6 +94,7 @@ def _run(args) -> int:
     from pipesim.report import peak_table
 
     sc = load_scenario(args.scenario, parse_sets(args.set))
+    _output(args, sc.name)      # an unwritable output folder fails now, not after the run
     res = simulate(sc)
     print(peak_table(res))
     return _write(args, sc.name, {
@@ -140,6 +153,7 @@ def _compare(args) -> int:
                              f"allowed: {', '.join(schedules.names())}")
     if args.microbatches is not None and args.microbatches < 1:
         raise UsageError(f"--microbatches: must be >= 1, got {args.microbatches}")
+    _output(args, f"{load_scenario(args.scenario, parse_sets(args.set)).name}-compare")   # before the runs
     cmp = compare.compare(args.scenario, names, args.microbatches, parse_sets(args.set))
     print(compare.table(cmp))
     if not cmp.runs:
@@ -154,6 +168,8 @@ def _sweep(args) -> int:
 
     overrides = parse_sets(args.set)
     values = [parse_value(v, f"sweep {args.key} value") for v in args.values]
+    first = sweep.scenarios(args.scenario, args.key, values, overrides)[0]    # every value checked
+    _output(args, f"{first.name}-sweep-{args.key}")                           # before the runs
     sw = sweep.sweep(args.scenario, args.key, values, overrides)
     print(sweep.table(sw))
     return _write(args, f"{sw.name}-sweep-{args.key}", {"sweep.csv": text_writer(sweep.csv_text(sw)),
@@ -216,7 +232,8 @@ def _add_set(p: argparse.ArgumentParser) -> None:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pipesim", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("run", help="simulate a scenario: per-rank peak table + summary.json, timeline.csv, memory.png, peaks.png, schedule.png, trace.json")
+    r = sub.add_parser("run", help="simulate a scenario: per-rank peak table + summary.json, timeline.csv, "
+                                   "memory.png, peaks.png, schedule.png, trace.json")
     r.add_argument("scenario", help="scenario TOML file")
     r.add_argument("-o", "--output", help="output folder (default results/<scenario name>)")
     _add_set(r)
@@ -266,11 +283,56 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread like KeyboardInterrupt so that cleanup runs."""
+
+
+_signalled: list[int] = []     # the signal that interrupted this command, if one did
+
+
+def _on_signal(signum, frame):
+    # a second signal must not interrupt the cleanup of the first: ignore the rest
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _signalled.append(signum)
+    raise KeyboardInterrupt if signum == signal.SIGINT else Terminated
+
+
+def _trap_signals() -> dict | None:
+    """Route SIGINT and SIGTERM to ``_on_signal``; the handlers it replaced (None off the main thread)."""
+    _signalled.clear()
+    try:
+        return {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:
+        return None
+
+
 def main(argv=None) -> int:
+    """Run one command; exit status 0, 1 (a score over --max-error), 2 (bad input), 130 / 143
+    (interrupted by Ctrl-C / SIGTERM: one line, no partial outputs left)."""
     args = parser().parse_args(argv)
+    previous = _trap_signals()
+    try:
+        status = _dispatch(args)
+    except BaseException:
+        # a library may turn the signal's exception into its own (a C extension's import turns
+        # it into "ImportError: initialization failed"): the signal decides what is reported
+        if not _signalled and not isinstance(sys.exc_info()[1], KeyboardInterrupt):
+            raise
+        status = None
+    finally:
+        for s, handler in (previous or {}).items():
+            signal.signal(s, handler)
+    if status is not None and not _signalled:
+        return status
+    print("interrupted", file=sys.stderr)
+    return 128 + (_signalled[0] if _signalled else signal.SIGINT)
+
+
+def _dispatch(args) -> int:
     try:
         return args.func(args)
-    except (ScenarioError, schedules.ScheduleError, UsageError, ScoreError) as exc:
+    except (ScenarioError, schedules.ScheduleError, UsageError, ScoreError, OutputError) as exc:
         for line in str(exc).splitlines():     # a sweep reports every invalid value, one line each
             print(f"error: {line}", file=sys.stderr)
         return 2

@@ -2,9 +2,11 @@
 
 The file is parsed once, here, at the edge; every component receives only its own table as a
 frozen dataclass (model, parallel, training → ``pipesim.model``; schedule, placement, hardware,
-overheads, timing → this module). Unknown keys, wrong types and impossible layouts are all
-reported as one ``ScenarioError`` naming the file, the key path and what is allowed; the CLI
-prints it and exits with status 2.
+overheads, timing → this module). Unknown keys, wrong types, numbers out of range (NaN and
+infinities included, ``pipesim.limits``), steps too large to simulate and impossible layouts
+are all reported as one ``ScenarioError`` naming the file, the key path and what is allowed;
+the CLI prints it and exits with status 2. A file that cannot be read (a folder, a symlink
+loop, not UTF-8, ...) is one too, naming the path and the problem.
 
 Overrides change the file's values before validation, so a bad override is refused exactly as
 the same value written in the file would be. Keys are dotted paths into the TOML tables:
@@ -16,6 +18,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import errno
+import os
+import stat
 import tomllib
 import types
 import typing
@@ -23,12 +28,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import schedules
+from pipesim import limits
 from pipesim.model import (DTypes, ModelConfig, ModelError, ParallelConfig, TrainingConfig,
                            load_preset, preset_names)
 
 
 class ScenarioError(ValueError):
     """A scenario file that cannot run; the message names the file, the key and what is allowed."""
+
+
+class _NumberError(ScenarioError):
+    """A value of the right type that is out of range: reported as it is, even inside a union."""
+
+
+#: A scenario file is a few kilobytes of TOML; anything larger is refused before it is read.
+MAX_FILE_BYTES = 1 << 20
+#: ``name`` becomes a folder under results/: at most this many bytes (UTF-8).
+MAX_NAME_BYTES = 100
 
 
 @dataclass(frozen=True)
@@ -59,28 +75,29 @@ class PlacementConfig:
 class HardwareConfig:
     """[hardware]: one device and its links."""
 
-    memory_gib: float = 80.0          # device memory, GiB (2**30 bytes)
-    peak_tflops: float = 989.0        # dense BF16 peak, TFLOP/s (H800/H100 SXM)
-    efficiency: float = 0.4           # achieved fraction of peak (model FLOPs utilisation)
-    p2p_bandwidth_gbps: float = 50.0  # point-to-point bandwidth between pipeline ranks, GB/s (1e9)
-    p2p_latency_us: float = 10.0      # per-message latency, microseconds
+    memory_gib: float = 80.0          # device memory, GiB (2**30 bytes), in (0, 2**20]
+    peak_tflops: float = 989.0        # dense BF16 peak, TFLOP/s (H800/H100 SXM), in (0, 1e6]
+    efficiency: float = 0.4           # achieved fraction of peak (model FLOPs utilisation), in (0, 1]
+    p2p_bandwidth_gbps: float = 50.0  # point-to-point bandwidth between pipeline ranks, GB/s (1e9), in (0, 1e6]
+    p2p_latency_us: float = 10.0      # per-message latency, microseconds, in [0, 1e9]
 
 
 @dataclass(frozen=True)
 class OverheadsConfig:
     """[overheads]: what the allocator and communication libraries add (paper, section 6)."""
 
-    fragmentation: float = 0.0        # fraction of the allocated total, added on top (paper: 0.05-0.30)
-    comm_buffer_gib: float = 0.0      # static communication buffers per device (paper: 0.8-2 GiB)
-    allocator_rounding: int = 512     # every allocation rounds up to a multiple of this (bytes)
+    fragmentation: float = 0.0        # fraction of the allocated total, added on top (paper: 0.05-0.30), in [0, 1)
+    comm_buffer_gib: float = 0.0      # static communication buffers per device (paper: 0.8-2 GiB), in [0, 2**20]
+    allocator_rounding: int = 512     # every allocation rounds up to a multiple of this (bytes), in [1, 2**30]
 
 
 @dataclass(frozen=True)
 class TimingConfig:
     """[timing]: explicit per-op times (ms) that override the FLOP-derived durations.
 
-    Each is a single number (every stage) or a list with one entry per stage. ``fb_ms`` is an
-    overlapped forward+backward pair; by default its duration is F + B (no overlap speed-up).
+    Each is a single number (every stage) or a list with one entry per stage, in [0, 1e9] ms.
+    ``fb_ms`` is an overlapped forward+backward pair; by default its duration is F + B (no
+    overlap speed-up).
     """
 
     forward_ms: float | tuple[float, ...] | None = None
@@ -134,12 +151,14 @@ def _coerce(value, tp, where: str):
                 continue
             try:
                 return _coerce(value, arg, where)
+            except _NumberError:
+                raise
             except ScenarioError:
                 pass
-        raise ScenarioError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+        raise ScenarioError(f"{where}: expected {_type_name(tp)}, got {limits.show(value)}")
     if origin is tuple:
         if not isinstance(value, list):
-            raise ScenarioError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+            raise ScenarioError(f"{where}: expected {_type_name(tp)}, got {limits.show(value)}")
         item = typing.get_args(tp)[0]
         return tuple(_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value))
     if tp is bool:
@@ -148,14 +167,18 @@ def _coerce(value, tp, where: str):
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif tp is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
     elif tp is str:
         ok = isinstance(value, str)
     else:
         ok = isinstance(value, tp)
     if not ok:
-        raise ScenarioError(f"{where}: expected {_type_name(tp)}, got {value!r}")
-    return value
+        raise ScenarioError(f"{where}: expected {_type_name(tp)}, got {limits.show(value)}")
+    # every number, whatever its field: finite, and an integer 64-bit arithmetic keeps exact
+    try:
+        limits.check_number(value, where)
+    except limits.LimitError as exc:
+        raise _NumberError(str(exc)) from None
+    return float(value) if tp is float else value
 
 
 def _table(cls, raw: dict, where: str, skip: tuple[str, ...] = (), extra: tuple[str, ...] = ()):
@@ -186,18 +209,51 @@ def load_scenario(path: str | Path, overrides: dict | None = None) -> Scenario:
     to values as TOML would give them (``16``, ``"zb-h1"``, ``[4, 4, 1]``); they replace the
     file's values before validation. ``None`` as a value removes the key (its default applies).
     """
+    raw = read_toml(path)
     path = Path(path)
-    try:
-        with open(path, "rb") as fh:
-            raw = tomllib.load(fh)
-    except FileNotFoundError:
-        raise ScenarioError(f"{path}: no such scenario file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ScenarioError(f"{path}: not valid TOML: {exc}") from None
     try:
         return _build(apply_overrides(raw, overrides or {}), path)
     except ScenarioError as exc:
         raise ScenarioError(f"{path}: {exc}") from None
+
+
+def read_toml(path: str | Path) -> dict:
+    """The TOML file ``path`` as a dict, or one ``ScenarioError`` naming the path and the problem
+    (missing, a folder, not a regular file, unreadable, a symlink loop, a part of the path that is
+    a file, too large, not UTF-8, not TOML)."""
+    text = os.fspath(path)
+    if not text:
+        raise ScenarioError("'': an empty path; give a scenario file, e.g. scenarios/tiny.toml")
+    if "\0" in text:
+        raise ScenarioError(f"{text!r}: a path cannot contain a NUL character")
+    try:
+        info = os.stat(text)
+        if stat.S_ISDIR(info.st_mode):
+            raise ScenarioError(f"{text}: is a folder, not a scenario file")
+        if not stat.S_ISREG(info.st_mode):
+            raise ScenarioError(f"{text}: not a regular file (a device, pipe or socket); give a TOML file")
+        if info.st_size > MAX_FILE_BYTES:
+            raise ScenarioError(f"{text}: {info.st_size:,} bytes, larger than a scenario file can be "
+                                f"({MAX_FILE_BYTES:,} bytes, pipesim.scenario.MAX_FILE_BYTES)")
+        with open(text, "rb") as fh:
+            data = fh.read(MAX_FILE_BYTES + 1)
+    except FileNotFoundError:
+        raise ScenarioError(f"{text}: no such scenario file") from None
+    except NotADirectoryError:
+        raise ScenarioError(f"{text}: a part of the path is a file, not a folder") from None
+    except OSError as exc:
+        raise ScenarioError(f"{text}: cannot read: {_os_problem(exc)}") from None
+    try:
+        source = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ScenarioError(f"{text}: not UTF-8 text (byte {exc.start}: {data[exc.start:exc.start + 1]!r}); "
+                            f"a scenario file is UTF-8 TOML") from None
+    try:
+        return tomllib.loads(source)
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError(f"{text}: not valid TOML: {exc}") from None
+    except ValueError as exc:     # an integer of more than 4300 digits
+        raise ScenarioError(f"{text}: not a usable TOML value: {exc}") from None
 
 
 def apply_overrides(raw: dict, overrides: dict) -> dict:
@@ -236,9 +292,7 @@ def _build(raw: dict, path: Path) -> Scenario:
     for key in raw:
         if key not in _SECTIONS:
             raise ScenarioError(f"{key}: unknown section; allowed: {', '.join(_SECTIONS)}")
-    name = raw.get("name", path.stem)
-    if not isinstance(name, str) or not name or "/" in name:
-        raise ScenarioError(f"name: expected a non-empty string without '/', got {name!r}")
+    name = _check_name(raw.get("name", path.stem))
 
     model = _model(dict(raw.get("model", {})))
     parallel = ParallelConfig(**_table(ParallelConfig, raw.get("parallel", {}), "parallel"))
@@ -254,6 +308,7 @@ def _build(raw: dict, path: Path) -> Scenario:
     microbatches = _coerce(microbatches, int, "training.microbatches")
     if microbatches < 1:
         raise ScenarioError(f"training.microbatches: must be >= 1, got {microbatches}")
+    _limit(limits.check_range, "training.microbatches", microbatches)   # 2 * pp too
 
     sched = ScheduleConfig(**_table(ScheduleConfig, raw.get("schedule", {}), "schedule"))
     placement = PlacementConfig(**_table(PlacementConfig, raw.get("placement", {}), "placement"))
@@ -261,24 +316,27 @@ def _build(raw: dict, path: Path) -> Scenario:
     overheads = OverheadsConfig(**_table(OverheadsConfig, raw.get("overheads", {}), "overheads"))
     timing = TimingConfig(**_table(TimingConfig, raw.get("timing", {}), "timing"))
 
-    for section, obj in (("parallel", parallel), ("training", training)):
+    for section, check in (("parallel", lambda: parallel.validate(model)),
+                           ("training", lambda: training.validate(model)),
+                           ("training", lambda: training.validate_layout(parallel))):
         try:
-            obj.validate(model)
+            check()
         except ModelError as exc:
-            raise ScenarioError(f"{section}: {exc}") from None
+            # the model's own messages start with "model."; the others with a key of section
+            text = str(exc)
+            raise ScenarioError(text if text.startswith("model.") else f"{section}.{text}") from None
+    for section, obj in (("hardware", hardware), ("overheads", overheads), ("timing", timing)):
+        for f in dataclasses.fields(obj):
+            _limit(limits.check_range, f"{section}.{f.name}", getattr(obj, f.name))
+
+    # the size of the step, estimated before any op is built: refused beyond the limits
     try:
-        training.validate_layout(parallel)
-    except ModelError as exc:
-        raise ScenarioError(f"training: {exc}") from None
-    _check_positive(hardware, "hardware", ("memory_gib", "peak_tflops", "efficiency", "p2p_bandwidth_gbps"))
-    if hardware.efficiency > 1:
-        raise ScenarioError(f"hardware.efficiency: a fraction of peak in (0, 1], got {hardware.efficiency}")
-    if hardware.p2p_latency_us < 0:
-        raise ScenarioError(f"hardware.p2p_latency_us: must be >= 0, got {hardware.p2p_latency_us}")
-    if not 0 <= overheads.fragmentation < 1:
-        raise ScenarioError(f"overheads.fragmentation: a fraction in [0, 1), got {overheads.fragmentation}")
-    if overheads.comm_buffer_gib < 0 or overheads.allocator_rounding < 1:
-        raise ScenarioError("overheads: comm_buffer_gib must be >= 0 and allocator_rounding >= 1")
+        _, atoms = schedules.size(sched.name, parallel.pp, microbatches, sched.chunks)
+        schedules.check_size(sched.name, parallel.pp, microbatches, sched.chunks)
+    except schedules.ScheduleError as exc:
+        raise ScenarioError(f"{_SCHEDULE_KEY.get(exc.param, 'schedule.name')}: {exc}") from None
+    _limit(limits.check_records, model, microbatches, atoms, parallel.pp)
+    records = limits.records_estimate(model, microbatches, atoms, parallel.pp)
 
     try:
         sch = schedules.build(sched.name, parallel.pp, microbatches, sched.chunks)
@@ -291,6 +349,8 @@ def _build(raw: dict, path: Path) -> Scenario:
     except PlacementError as exc:
         raise ScenarioError(f"placement.{exc}") from None
     _check_timing(timing, sch.num_stages)
+    _limit(limits.check_bytes, model, parallel, training, overheads, microbatches, records)
+    _limit(limits.check_step, model, parallel, training, hardware, timing, atoms)
     return Scenario(name=name, path=str(path), model=model, parallel=parallel, training=training,
                     microbatches=microbatches, schedule=sched, placement=placement,
                     hardware=hardware, overheads=overheads, timing=timing,
@@ -315,10 +375,32 @@ def _model(raw: dict) -> ModelConfig:
         raise ScenarioError(f"model: give a preset ({', '.join(preset_names())}) or every dimension: {exc}") from None
 
 
-def _check_positive(obj, section: str, names: tuple[str, ...]) -> None:
-    for n in names:
-        if getattr(obj, n) <= 0:
-            raise ScenarioError(f"{section}.{n}: must be > 0, got {getattr(obj, n)}")
+def _os_problem(exc: OSError) -> str:
+    """An ``OSError`` in words: a symlink loop, permission denied, ..."""
+    if exc.errno == errno.ELOOP:
+        return "a symlink loop (too many levels of symbolic links)"
+    return str(exc.strerror or exc)
+
+
+def _limit(check, *args) -> None:
+    """``check(*args)`` from ``pipesim.limits``, its ``LimitError`` as a ``ScenarioError``."""
+    try:
+        check(*args)
+    except limits.LimitError as exc:
+        raise ScenarioError(str(exc)) from None
+
+
+def _check_name(name) -> str:
+    """``name`` if it is usable as one folder under results/, else ``ScenarioError``."""
+    allowed = (f"a folder name under results/: not '.' or '..', no leading '.', no '/', '\\' or "
+               f"control characters, at most {MAX_NAME_BYTES} bytes")
+    if not isinstance(name, str) or not name:
+        raise ScenarioError(f"name: expected a non-empty string, {allowed}; got {limits.show(name)}")
+    bad = (name in (".", "..") or name.startswith(".") or "/" in name or "\\" in name
+           or any(ord(c) < 32 or ord(c) == 127 for c in name) or len(name.encode("utf-8", "replace")) > MAX_NAME_BYTES)
+    if bad:
+        raise ScenarioError(f"name: {allowed}; got {limits.show(name)}")
+    return name
 
 
 def _check_timing(timing: TimingConfig, stages: int) -> None:
