@@ -38,6 +38,7 @@ Every delta is rounded up to the allocator's granularity, the same on allocation
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,17 +69,17 @@ def round_up(nbytes: int, granularity: int) -> int:
 
 
 def _shares(weights: list[float]) -> list[tuple[float, float]]:
-    """Consecutive [t0, t1) fractions of 1.0 in proportion to ``weights`` (equal if all zero)."""
-    total = float(sum(weights))
+    """Consecutive [t0, t1) fractions of 1.0 in proportion to ``weights`` (equal if all zero).
+
+    Boundaries are prefix sums divided by the total, so they are nondecreasing by construction
+    and the last is exactly 1.0: a running sum of rounded steps could pass 1.0 and put a
+    zero-work layer's release before its allocation.
+    """
     n = len(weights)
-    out, acc = [], 0.0
-    for w in weights:
-        step = (w / total) if total > 0 else 1.0 / n
-        out.append((acc, min(1.0, acc + step)))
-        acc += step
-    if out:
-        out[-1] = (out[-1][0], 1.0)
-    return out
+    prefix = list(itertools.accumulate((float(w) for w in weights), initial=0.0))
+    total = prefix[-1]
+    bounds = [p / total for p in prefix] if total > 0 else [k / n for k in range(n + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
 
 
 def build_templates(stage, recompute_flops, granularity: int) -> dict[int, Template]:

@@ -75,10 +75,6 @@ def scenarios(draw, zero=st.sampled_from(["none", "os", "os+g"])):
         "overheads.allocator_rounding": draw(st.sampled_from([1, 512])),
         "overheads.comm_buffer_gib": draw(st.sampled_from([0.0, 0.01])),
     }
-    if overrides["training.recompute"] != "selective":
-        # a recipe's own keep list (deepseek-v3's) is refused beside another recompute policy
-        # (TrainingConfig.validate): clear it, as a user must
-        overrides["training.keep"] = []
     return overrides
 
 
@@ -109,21 +105,18 @@ def test_every_step_keeps_the_memory_invariants(overrides):
     assert summary_json(pipesim.simulate(sc)) == summary_json(res)
 
 
-# ZeRO-3 (os+g+params): pipesim.memory._shares accumulates each layer's share of an op in
-# floating point, so a layer's start can land after its end and its gather is released before
-# it is allocated (hypothesis finds it within a few hundred examples; the smallest case below).
-# Fix in memory.py: bounds from the integer prefix sums, prefix[k] / prefix[-1].
-ZERO3_BUG = "pipesim.memory._shares: float-accumulated layer shares release gather before allocating it"
+# ZeRO-3 (os+g+params): layer shares of an op once accumulated in floating point, so a layer's
+# start could land after its end and its gather be released before allocation; the bounds are
+# now prefix sums over the total (pipesim.memory._shares). Hypothesis found it within a few
+# hundred examples; the smallest case is kept below.
 
 
-@pytest.mark.xfail(reason=ZERO3_BUG, strict=False)
 @SETTINGS
 @given(scenarios(zero=st.just("os+g+params")))
 def test_zero3_steps_keep_the_memory_invariants(overrides):
     _check(pipesim.simulate(pipesim.load_scenario(TINY, overrides)))
 
 
-@pytest.mark.xfail(reason=ZERO3_BUG, strict=True)
 def test_zero3_gather_is_never_negative_smallest_case():
     sc = pipesim.load_scenario(TINY, {
         "schedule.name": "gpipe", "parallel.pp": 1, "training.microbatches": 1, "model.layers": 2,

@@ -142,3 +142,11 @@ def test_sequence_must_divide_over_cp_and_sp():
     with pytest.raises(ModelError, match="parallel.tp"):
         TrainingConfig(seq_len=4098).validate_layout(ParallelConfig(tp=4, sp=True))
     TrainingConfig(seq_len=4096).validate_layout(ParallelConfig(tp=4, cp=2, sp=True))
+
+
+def test_a_recipes_keep_list_goes_only_with_its_selective_recompute():
+    # deepseek-v3 recomputes selectively with its keep list; asked for full, no keep is inherited
+    assert TrainingConfig(recipe="deepseek-v3").keep == ("deepseek-v3",)
+    t = TrainingConfig(recipe="deepseek-v3", recompute="full")
+    assert t.keep == ()
+    t.validate(TINY)
