@@ -21,54 +21,117 @@ class ModelError(ValueError):
     """An impossible model, layout or training configuration; the message names the field."""
 
 
+ATTENTION_KINDS = ("mla", "gqa")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
-    """[model]: the shape of a DeepSeek-style MLA + MoE transformer (symbols of the paper)."""
+    """[model]: the shape of a transformer: DeepSeek-style MLA + MoE (symbols of the paper), or
+    multi-head / grouped-query attention with a dense or MoE FFN (Llama, Mixtral, Qwen).
+
+    A dense-only model has ``routed_experts = 0`` (every layer uses ``dense_ffn_hidden``); the
+    MLA widths (``q_compress``, ``kv_compress``, ``rope_head_dim``) are 0 for ``gqa``.
+    """
 
     name: str                    # label only
     hidden: int                  # h, model width
-    heads: int                   # n_h, attention heads
-    head_dim: int                # d_h, per-head q/k (no-rope part) and v dimension
+    heads: int                   # n_h, attention (query) heads
+    head_dim: int                # d_h, per-head q/k (no-rope part) and v dimension (gqa: the head dim)
     rope_head_dim: int           # d_hr, per-head q/k rope dimension (k's rope part is shared by heads)
     q_compress: int              # d_cq, query latent width; 0 = plain W_Q [h, n_h*(d_h+d_hr)]
     kv_compress: int             # d_c, key-value latent width
     dense_ffn_hidden: int        # FFN width of the dense (non-MoE) layers
-    moe_ffn_hidden: int          # h_E, FFN width of one expert (routed or shared)
-    routed_experts: int          # N, routed experts per MoE layer
+    moe_ffn_hidden: int          # h_E, FFN width of one routed expert
+    routed_experts: int          # N, routed experts per MoE layer (0: a dense model)
     shared_experts: int          # N_s, shared experts per MoE layer (run on every token)
     experts_per_token: int       # N_r, routed experts chosen per token (top-k)
     layers: int                  # transformer layers of the main model
-    dense_layers: int            # the first dense_layers layers use the dense FFN, the rest MoE
+    dense_layers: int            # the first dense_layers layers use the dense FFN
     vocab: int                   # vocabulary size
     tied_embeddings: bool = False   # output head shares the embedding matrix
     mtp_modules: int = 0         # multi-token-prediction modules (DeepSeek-V3: 1)
     router: str = "softmax"      # softmax scores, top-k (DeepSeek-V2) | sigmoid scores, top-k
                                  # chosen with a bias, normalised to sum 1 (DeepSeek-V3)
+    attention: str = "mla"       # mla | gqa (multi-head when kv_heads = heads)
+    kv_heads: int = 0            # gqa: key/value heads (query groups); 0 = heads
+    qkv_bias: bool = False       # gqa: biases on the q, k, v projections (Qwen2)
+    qk_norm: bool = False        # gqa: RMSNorm of each head's q and k (Qwen3)
+    shared_ffn_hidden: int = 0   # the shared experts' total FFN width; 0 = shared_experts·h_E
+    shared_expert_gate: bool = False   # a sigmoid gate [h, 1] on the shared output (Qwen2-MoE)
+    moe_every: int = 1           # after the dense layers, every moe_every-th layer is MoE
+                                 # (Hugging Face's decoder_sparse_step); the others dense
+    vocab_multiple: int = 1      # pad the vocabulary to a multiple of vocab_multiple·tp
+                                 # (Megatron's --make-vocab-size-divisible-by, default 128)
 
     def is_moe(self, layer: int) -> bool:
-        """Whether global transformer layer ``layer`` has an MoE FFN."""
-        return layer >= self.dense_layers
+        """Whether global transformer layer ``layer`` has an MoE FFN:
+        ``N > 0 and layer >= dense_layers and (layer - dense_layers + 1) % moe_every == 0``."""
+        return (self.routed_experts > 0 and layer >= self.dense_layers
+                and (layer - self.dense_layers + 1) % self.moe_every == 0)
+
+    @property
+    def has_dense(self) -> bool:
+        """Whether any layer uses the dense FFN."""
+        return any(not self.is_moe(i) for i in range(self.layers))
+
+    @property
+    def has_moe(self) -> bool:
+        return any(self.is_moe(i) for i in range(self.layers))
+
+    @property
+    def shared_width(self) -> int:
+        """The shared experts as one SwiGLU on every token: its width ``N_s·h_E`` (or given)."""
+        if not self.shared_experts:
+            return 0
+        return self.shared_ffn_hidden or self.shared_experts * self.moe_ffn_hidden
+
+    @property
+    def kv_groups(self) -> int:
+        """gqa: key/value heads (``kv_heads``, or ``heads`` for multi-head attention)."""
+        return self.kv_heads or self.heads
 
     def validate(self) -> None:
         """Raise ``ModelError`` if a dimension is impossible."""
-        positive = ("hidden", "heads", "head_dim", "kv_compress", "moe_ffn_hidden",
-                    "routed_experts", "experts_per_token", "layers", "vocab")
-        for f in positive:
+        for f in ("hidden", "heads", "head_dim", "layers", "vocab", "moe_every", "vocab_multiple"):
             if getattr(self, f) < 1:
                 raise ModelError(f"model.{f}: must be >= 1, got {getattr(self, f)}")
-        for f in ("rope_head_dim", "q_compress", "shared_experts", "dense_layers", "mtp_modules"):
+        for f in ("rope_head_dim", "q_compress", "kv_compress", "shared_experts", "dense_layers",
+                  "mtp_modules", "routed_experts", "experts_per_token", "moe_ffn_hidden",
+                  "dense_ffn_hidden", "kv_heads", "shared_ffn_hidden"):
             if getattr(self, f) < 0:
                 raise ModelError(f"model.{f}: must be >= 0, got {getattr(self, f)}")
-        if self.dense_layers > 0 and self.dense_ffn_hidden < 1:
-            raise ModelError(f"model.dense_ffn_hidden: must be >= 1 when dense_layers > 0, "
-                             f"got {self.dense_ffn_hidden}")
+        if self.attention not in ATTENTION_KINDS:
+            raise ModelError(f"model.attention: one of {', '.join(ATTENTION_KINDS)}; got {self.attention!r}")
+        if self.attention == "mla":
+            if self.kv_compress < 1:
+                raise ModelError(f"model.kv_compress: must be >= 1 with attention = \"mla\", got {self.kv_compress}")
+            for f in ("kv_heads", "qkv_bias", "qk_norm"):
+                if getattr(self, f):
+                    raise ModelError(f"model.{f}: only for attention = \"gqa\"; got {getattr(self, f)!r}")
+        else:
+            for f in ("q_compress", "kv_compress", "rope_head_dim"):
+                if getattr(self, f):
+                    raise ModelError(f"model.{f}: an MLA width, must be 0 with attention = \"gqa\"; "
+                                     f"got {getattr(self, f)}")
+            if self.heads % self.kv_groups:
+                raise ModelError(f"model.kv_heads: must divide heads ({self.heads}), got {self.kv_heads}")
         if self.dense_layers > self.layers:
             raise ModelError(f"model.dense_layers: at most layers ({self.layers}), got {self.dense_layers}")
+        if self.has_dense and self.dense_ffn_hidden < 1:
+            raise ModelError(f"model.dense_ffn_hidden: must be >= 1 when some layer is dense, "
+                             f"got {self.dense_ffn_hidden}")
         if self.router not in ROUTER:
             raise ModelError(f"model.router: one of {', '.join(ROUTER)}; got {self.router!r}")
-        if self.experts_per_token > self.routed_experts:
-            raise ModelError(f"model.experts_per_token: at most routed_experts ({self.routed_experts}), "
-                             f"got {self.experts_per_token}")
+        if self.routed_experts:
+            for f in ("experts_per_token", "moe_ffn_hidden"):
+                if getattr(self, f) < 1:
+                    raise ModelError(f"model.{f}: must be >= 1 with routed experts, got {getattr(self, f)}")
+            if self.experts_per_token > self.routed_experts:
+                raise ModelError(f"model.experts_per_token: at most routed_experts ({self.routed_experts}), "
+                                 f"got {self.experts_per_token}")
+        elif self.shared_experts or self.experts_per_token:
+            raise ModelError("model.routed_experts: 0 (a dense model) leaves no room for shared_experts "
+                             "or experts_per_token; set them to 0")
 
 
 @dataclass(frozen=True)
@@ -112,11 +175,13 @@ class ParallelConfig:
                 raise ModelError(f"{f}: must be >= 1, got {getattr(self, f)}")
         if model.heads % self.tp:
             raise ModelError(f"tp: must divide heads ({model.heads}), got {self.tp}")
-        if model.dense_layers and model.dense_ffn_hidden % self.tp:
+        if model.attention == "gqa" and model.kv_groups % self.tp:
+            raise ModelError(f"tp: must divide the key/value heads ({model.kv_groups}), got {self.tp}")
+        if model.has_dense and model.dense_ffn_hidden % self.tp:
             raise ModelError(f"tp: must divide dense_ffn_hidden ({model.dense_ffn_hidden}), got {self.tp}")
         if model.routed_experts % self.ep:
             raise ModelError(f"ep: must divide routed_experts ({model.routed_experts}), got {self.ep}")
-        if model.moe_ffn_hidden % self.etp:
+        if model.routed_experts and model.moe_ffn_hidden % self.etp:
             raise ModelError(f"etp: must divide moe_ffn_hidden ({model.moe_ffn_hidden}), got {self.etp}")
         if self.edp is None:
             if (self.dp * self.cp * self.tp) % (self.ep * self.etp):
@@ -192,8 +257,10 @@ class TrainingConfig:
         if bundle is None:        # refused by validate(); fill nothing so the error names recipe
             return
         for f in RECIPE_OPTIONS:
-            if getattr(self, f) is None:
+            if getattr(self, f) is None and f != "keep":
                 object.__setattr__(self, f, bundle[f])
+        if self.keep is None:     # the recipe's keep list goes with its selective recompute only
+            object.__setattr__(self, "keep", bundle["keep"] if self.recompute == "selective" else ())
         # a list given for keep becomes a tuple: the config stays immutable and hashable
         object.__setattr__(self, "keep", tuple(self.keep))
         object.__setattr__(self, "dtypes", self.dtypes.resolved(bundle["dtypes"]))
