@@ -22,13 +22,13 @@ from dataclasses import dataclass
 from pipesim.model import inventory_framework as framework
 from pipesim.model import inventory_paper as paper
 from pipesim.model.config import ModelConfig, ParallelConfig, TrainingConfig
-from pipesim.model.params import mla_matrices
+from pipesim.model.params import attention_matrices
 from pipesim.model.tensors import Shape, Tensor, shape, vocab_shard
 
 __all__ = ["LayerActivations", "Tensor", "boundary_bytes", "keep_names", "kept", "layer_activations",
            "layer_tensors", "shape", "tensor_listing", "vocab_shard"]
 
-MODULES = ("embedding", "mla", "mlp", "moe", "router", "experts", "shared", "mtp", "head", "loss")
+MODULES = ("embedding", "mla", "attn", "mlp", "moe", "router", "experts", "shared", "mtp", "head", "loss")
 _INVENTORIES = {"framework": framework, "paper": paper}
 
 
@@ -108,19 +108,15 @@ def _linear_outputs(m: ModelConfig, p: ParallelConfig, g: Shape, kind: str) -> i
     h, T = m.hidden, g.T
     out = 0
     if kind in ("dense", "moe", "mtp"):
-        nh, dh = m.heads, m.head_dim
-        columns = {"W_DQ": m.q_compress, "W_DKV": m.kv_compress, "W_KR": m.rope_head_dim,
-                   "W_Q": nh * (dh + m.rope_head_dim) // p.tp, "W_UQ": nh * dh // p.tp,
-                   "W_QR": nh * m.rope_head_dim, "W_UK": nh * dh // p.tp, "W_UV": nh * dh // p.tp,
-                   "W_O": h}
-        out += T * sum(columns[name] for name in mla_matrices(m))
+        for _, (_, cols, tp) in attention_matrices(m).items():
+            out += T * (cols // p.tp if tp == "col" else cols)
         if kind == "dense":
             out += T * (2 * m.dense_ffn_hidden // p.tp + h)
         else:
             out += g.T_sp * m.routed_experts                                  # router
             out += g.R * (2 * m.moe_ffn_hidden // p.etp + h)                  # routed experts
             if m.shared_experts:
-                out += T * (2 * m.shared_experts * m.moe_ffn_hidden + h)
+                out += T * (2 * m.shared_width + h)
     if kind == "mtp":
         out += g.T_sp * h                                                     # projection
     if kind in ("head", "mtp"):
@@ -155,7 +151,7 @@ def _working_sets(m: ModelConfig, g: Shape, kind: str, sp_gather: bool) -> tuple
             fwd_ffn = gather + a * T * h
             bwd_ffn = a * T * h + 3 * a * T * width
         else:
-            shared = m.shared_experts * m.moe_ffn_hidden
+            shared = m.shared_width
             fwd_ffn = gather + a * g.R * h + a * T * h
             bwd_ffn = (a * T * h + a * g.R * h + 3 * a * g.R * (m.moe_ffn_hidden // g.etp)
                        + 3 * a * T * shared + 2 * a * T * m.routed_experts)

@@ -85,6 +85,13 @@ class ModelConfig:
             return 0
         return self.shared_ffn_hidden or self.shared_experts * self.moe_ffn_hidden
 
+    def vocab_shard(self, tp: int) -> int:
+        """Vocabulary entries per device: V padded up to a multiple of vocab_multiple·tp, / tp
+        (Megatron pads to make-vocab-size-divisible-by × tp; with vocab_multiple = 1 this is
+        ⌈V/tp⌉)."""
+        step = self.vocab_multiple * tp
+        return -(-self.vocab // step) * step // tp
+
     @property
     def kv_groups(self) -> int:
         """gqa: key/value heads (``kv_heads``, or ``heads`` for multi-head attention)."""

@@ -41,7 +41,7 @@ def _matmul_flops(m: ModelConfig, p: ParallelConfig, g: Shape, kind: str) -> int
         else:
             total += 2 * T * h * m.routed_experts                            # router
             total += 2 * g.R * 3 * h * m.moe_ffn_hidden // p.etp             # routed experts
-            total += 2 * T * 3 * h * m.shared_experts * m.moe_ffn_hidden     # shared experts
+            total += 2 * T * 3 * h * m.shared_width                          # shared experts
     if kind == "mtp":
         total += 2 * g.T_sp * 2 * h * h                 # projection [2h, h], token-wise
     if kind in ("head", "mtp"):

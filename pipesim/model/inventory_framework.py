@@ -10,6 +10,9 @@ the normalised output is kept by the linear that consumes it. With sequence para
 norm runs on T_sp tokens and the column-parallel linear keeps its sequence-sharded input,
 all-gathering it again in backward (Korthikanti et al. 2022, section 4.2.2).
 
+GQA / MHA sublayer (``gqa_tensors``): attn.input, attn.rstd, attn.normed (W), with qk_norm
+    attn.q_pre, attn.k_pre, attn.qk_rstd; attn.q a·T·n_h/tp·d, attn.k and attn.v a·T·g/tp·d
+    (flash; eager expands them to n_h/tp heads), then context / lse or probs as for MLA.
 MLA sublayer (tensors made by TP-replicated weights cover T tokens, TP-split ones n_h/tp heads):
     mla.input           a·T_sp·h             C   attention norm input (the layer input)
     mla.rstd            4·T_sp                   its reciprocal RMS
@@ -71,6 +74,8 @@ TENSORS = {
     "embedding": ("ids",),
     "mla": ("input", "rstd", "normed", "latents", "latent_rstd", "latents_normed", "k_rope",
             "q", "k", "v", "probs", "probs_mask", "probs_dropped", "context", "lse", "mask"),
+    "attn": ("input", "rstd", "normed", "q_pre", "k_pre", "qk_rstd", "q", "k", "v", "probs",
+             "probs_mask", "probs_dropped", "context", "lse", "mask"),
     "mlp": ("input", "rstd", "normed", "hidden", "silu", "product", "mask"),
     "moe": ("input", "rstd", "normed", "mask"),
     "router": ("probs", "indices", "weights"),
@@ -87,7 +92,7 @@ TENSORS = {
 # the latent norms, up-projections, rope and attention core), so the latents and the rope key
 # are kept as that region's inputs and the attention output by W_O.
 V3_RECOMPUTED = {"mla.rstd", "mla.normed", "mla.latent_rstd", "mla.latents_normed",
-                 "mla.q", "mla.k", "mla.v", "mla.lse",
+                 "mla.q", "mla.k", "mla.v", "mla.lse", "attn.rstd", "attn.normed", "attn.qk_rstd",
                  "mlp.rstd", "mlp.normed", "mlp.silu", "mlp.product",
                  "moe.rstd", "moe.normed", "experts.silu", "experts.product", "shared.silu",
                  "shared.product", "mtp.rstd", "mtp.normed"}
@@ -140,6 +145,43 @@ def mla_tensors(m: ModelConfig, g: Shape) -> list[Tensor]:
     return out
 
 
+def gqa_tensors(m: ModelConfig, g: Shape) -> list[Tensor]:
+    """Grouped-query (multi-head when kv_heads = heads) attention: the fused QKV projection's
+    input, the kernel's q, k, v — k and v at the kv heads with a kernel that takes GQA natively
+    (flash), expanded to every query head for eager attention's matmuls — its output and
+    statistics; with ``qk_norm`` (Qwen3) the per-head norms keep their inputs and 1/rms."""
+    h, T = m.hidden, g.T
+    heads, kv = m.heads // g.tp, m.kv_groups // g.tp
+    d, sl = m.head_dim, g.s // g.cp
+    out = _norm("attn", g, h, g.T_sp, c=True, what="attention")
+    out.append(tensor("attn.normed", (g.T_sp, h), g.act8, g.a8, w=True, why="QKV projection input"))
+    if m.qk_norm:
+        out += [tensor("attn.q_pre", (T, heads * d), g.act, g.a, why="q RMSNorm input"),
+                tensor("attn.k_pre", (T, kv * d), g.act, g.a, why="k RMSNorm input"),
+                tensor("attn.qk_rstd", (T, heads + kv), "fp32", 4, why="q/k RMSNorms' 1/rms")]
+    kv_kept = kv if g.flash else heads
+    out += [tensor("attn.q", (g.b, heads, sl, d), g.act, g.a, why="attention kernel: query"),
+            tensor("attn.k", (g.b, kv_kept, sl, d), g.act, g.a, why="attention kernel: key"),
+            tensor("attn.v", (g.b, kv_kept, sl, d), g.act, g.a, why="attention kernel: value")]
+    scores = (g.b, heads, sl, g.s)
+    if g.flash:
+        out += [tensor("attn.context", (T, heads * d), g.act, g.a, w=True, why="attention kernel output = W_O input"),
+                tensor("attn.lse", (g.b, heads, sl), "fp32", 4, why="attention kernel log-sum-exp")]
+    else:
+        out.append(tensor("attn.probs", scores, g.act, g.a, why="softmax output (softmax, P·V)"))
+        if g.dropout:
+            out += [tensor("attn.probs_mask", scores, "bool", 1, why="attention dropout mask"),
+                    tensor("attn.probs_dropped", scores, g.act, g.a, why="dropped probabilities (P·V)")]
+        out.append(tensor("attn.context", (T, heads * d), g.act, g.a, w=True, why="P·V output made contiguous, W_O input"))
+    if g.dropout:
+        out.append(tensor("attn.mask", (g.T_sp, h), "bool", 1, why="hidden dropout mask"))
+    return out
+
+
+def attention_tensors(m: ModelConfig, g: Shape) -> list[Tensor]:
+    return mla_tensors(m, g) if m.attention == "mla" else gqa_tensors(m, g)
+
+
 def _swiglu(module: str, tokens: int, width: int, g: Shape, fused: bool) -> list[Tensor]:
     # DeepSeek-V3 caches the SwiGLU input in FP8 too (section 3.3.2): a' with fp8_activations
     out = [tensor(f"{module}.hidden", (tokens, 2 * width), g.act8, g.a8, why="fc1 output, SwiGLU input")]
@@ -182,7 +224,7 @@ def moe_tensors(m: ModelConfig, g: Shape, t: TrainingConfig, sublayer: bool) -> 
     else:
         out.append(tensor("experts.probs", (g.R, 1), g.act, g.a, why="routing probabilities (weighted SwiGLU)"))
     if m.shared_experts:
-        width = m.shared_experts * m.moe_ffn_hidden
+        width = m.shared_width
         if t.shared_placement == "megatron":
             width //= g.tp
         out += _swiglu("shared", g.T, width, g, t.swiglu_fusion)
@@ -211,9 +253,9 @@ def layer_tensors(m: ModelConfig, p: ParallelConfig, t: TrainingConfig, g: Shape
     sub = t.recompute_granularity == "sublayer"
     h = m.hidden
     if kind == "dense":
-        return mla_tensors(m, g) + mlp_tensors(m, g, t, sub)
+        return attention_tensors(m, g) + mlp_tensors(m, g, t, sub)
     if kind == "moe":
-        return mla_tensors(m, g) + moe_tensors(m, g, t, sub)
+        return attention_tensors(m, g) + moe_tensors(m, g, t, sub)
     if kind == "embedding":
         return [tensor("embedding.ids", (g.T,), "int64", 8, w=True, c=True, why="embedding backward")]
     if kind == "head":
@@ -224,5 +266,5 @@ def layer_tensors(m: ModelConfig, p: ParallelConfig, t: TrainingConfig, g: Shape
                tensor("mtp.rstd", (2, g.T_sp), "fp32", 4, why="MTP RMSNorms' 1/rms"),
                tensor("mtp.ids", (g.T,), "int64", 8, c=True, why="MTP embedding backward"),
                tensor("mtp.normed", (g.T_sp, 2 * h), g.act8, g.a8, w=True, why="projection input")]
-        return pre + mla_tensors(m, g) + moe_tensors(m, g, t, sub) + head_tensors(m, p, t, g)
+        return pre + attention_tensors(m, g) + moe_tensors(m, g, t, sub) + head_tensors(m, p, t, g)
     raise ValueError(f"layer kind: one of dense, moe, embedding, head, mtp; got {kind!r}")

@@ -47,6 +47,7 @@ from pipesim.model.tensors import Shape, Tensor, vocab_shard
 TENSORS = {
     "embedding": ("ids",),
     "mla": ("input", "normed", "latents", "q", "k", "v", "scores", "context", "mask"),
+    "attn": ("input", "normed", "q", "k", "v", "scores", "context", "mask"),
     "mlp": ("input", "normed", "hidden", "silu", "product", "mask"),
     "moe": ("input", "normed"),
     "router": ("logits", "routing"),
@@ -59,7 +60,7 @@ TENSORS = {
 # DeepSeek-V3 (arXiv 2412.19437, section 3.2.3): recompute all RMSNorms and the MLA
 # up-projections; cache the SwiGLU inputs and recompute its output. Everything else is kept.
 V3_RECOMPUTED = {"mla.normed", "mla.q", "mla.k", "mla.v", "mlp.normed", "mlp.silu",
-                 "mlp.product", "moe.normed", "experts.silu", "experts.product", "shared.silu",
+                 "mlp.product", "moe.normed", "attn.normed", "experts.silu", "experts.product", "shared.silu",
                  "shared.product", "mtp.normed", "head.normed"}
 
 
@@ -89,6 +90,24 @@ def mla_tensors(m: ModelConfig, g: Shape) -> list[Tensor]:
     return out
 
 
+def gqa_tensors(m: ModelConfig, g: Shape) -> list[Tensor]:
+    """Multi-head / grouped-query attention in the same convention (Korthikanti et al.'s
+    attention block, keys and values at the kv heads): attn.input, attn.normed, attn.q,
+    attn.k, attn.v, attn.scores, attn.context, attn.mask."""
+    h, d = m.hidden, m.head_dim
+    q, kv = m.heads * d // g.tp, m.kv_groups * d // g.tp
+    out = [_T("attn.input", g.a * g.T_sp * h, c=True), _T("attn.normed", g.a8 * g.T_sp * h, w=True),
+           _T("attn.q", g.a * g.T * q), _T("attn.k", g.a * g.T * kv), _T("attn.v", g.a * g.T * kv),
+           _T("attn.scores", _scores_bytes(m, g)), _T("attn.context", g.a * g.T * q, w=True)]
+    if g.dropout:
+        out.append(_T("attn.mask", g.T_sp * h))
+    return out
+
+
+def _attention(m: ModelConfig, g: Shape) -> list[Tensor]:
+    return mla_tensors(m, g) if m.attention == "mla" else gqa_tensors(m, g)
+
+
 def _swiglu(module: str, tokens: int, width: int, g: Shape) -> list[Tensor]:
     return [_T(f"{module}.hidden", g.a8 * 2 * tokens * width),     # gate, up outputs
             _T(f"{module}.silu", g.a * tokens * width),            # SiLU(gate)
@@ -116,7 +135,7 @@ def moe_tensors(m: ModelConfig, g: Shape, sublayer: bool) -> list[Tensor]:
         out.append(_T("shared.input", g.a8 * g.T * h, w=True))
         if g.dropout:
             out.append(_T("shared.mask", g.T * h))
-        out += _swiglu("shared", g.T, m.shared_experts * m.moe_ffn_hidden, g)
+        out += _swiglu("shared", g.T, m.shared_width, g)
     return out
 
 
@@ -138,9 +157,9 @@ def layer_tensors(m: ModelConfig, p: ParallelConfig, t: TrainingConfig, g: Shape
     sub = t.recompute_granularity == "sublayer"
     h = m.hidden
     if kind == "dense":
-        return mla_tensors(m, g) + mlp_tensors(m, g, sub)
+        return _attention(m, g) + mlp_tensors(m, g, sub)
     if kind == "moe":
-        return mla_tensors(m, g) + moe_tensors(m, g, sub)
+        return _attention(m, g) + moe_tensors(m, g, sub)
     if kind == "embedding":
         return [_T("embedding.ids", 8 * g.T, w=True, c=True)]
     if kind == "head":
@@ -148,5 +167,5 @@ def layer_tensors(m: ModelConfig, p: ParallelConfig, t: TrainingConfig, g: Shape
     if kind == "mtp":
         return ([_T("mtp.input", g.a * g.T_sp * h, c=True), _T("mtp.embed", g.a * g.T_sp * h, c=True),
                  _T("mtp.normed", g.a8 * g.T_sp * 2 * h, w=True)]
-                + mla_tensors(m, g) + moe_tensors(m, g, sub) + head_tensors(m, p, g))
+                + _attention(m, g) + moe_tensors(m, g, sub) + head_tensors(m, p, g))
     raise ValueError(f"layer kind: one of dense, moe, embedding, head, mtp; got {kind!r}")

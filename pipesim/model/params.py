@@ -32,7 +32,7 @@ from __future__ import annotations
 from pipesim.model.config import ModelConfig, ParallelConfig
 
 # The MoE block's modules (the paper's "MoE" rows of Tables 6 and 8).
-MOE_MODULES = ("gate", "routed_experts", "shared_experts")
+MOE_MODULES = ("gate", "routed_experts", "shared_experts", "shared_gate")
 
 
 def expert_modules(shared_placement: str = "paper") -> tuple[str, ...]:
@@ -45,33 +45,51 @@ def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def mla_matrices(m: ModelConfig) -> dict[str, tuple[int, bool]]:
-    """The MLA matrices as ``name: (params, split_by_tp)``.
+def attention_matrices(m: ModelConfig) -> dict[str, tuple[int, int, str | None]]:
+    """The attention matrices as ``name: (in_features, out_features, tp)``, tp = "col"
+    (column-parallel: out split), "row" (row-parallel: in split) or None (replicated).
 
-    With query compression (d_cq > 0):
-        W_DQ [h, d_cq], W_UQ [d_cq, n_h·d_h], W_QR [d_cq, n_h·d_hr]
-    without (DeepSeek-V2-Lite):
-        W_Q [h, n_h·(d_h + d_hr)]
-    always:
-        W_DKV [h, d_c], W_UK [d_c, n_h·d_h], W_UV [d_c, n_h·d_h], W_KR [h, d_hr], W_O [n_h·d_h, h]
+    MLA with query compression (d_cq > 0):
+        W_DQ [h, d_cq], W_UQ [d_cq, n_h·d_h] col, W_QR [d_cq, n_h·d_hr]
+    MLA without (DeepSeek-V2-Lite):
+        W_Q [h, n_h·(d_h + d_hr)] col
+    MLA always:
+        W_DKV [h, d_c], W_UK [d_c, n_h·d_h] col, W_UV [d_c, n_h·d_h] col, W_KR [h, d_hr],
+        W_O [n_h·d_h, h] row
     DeepSeek-V3: 11,010,048 + 25,165,824 + 12,582,912 + 3,670,016 + 2·8,388,608 + 458,752
     + 117,440,512 = 187,105,280 (+ 2,048 latent norms = Table 3's 187,107,328).
+    GQA (g = kv_heads, d = head_dim): W_Q [h, n_h·d], W_K [h, g·d], W_V [h, g·d] col,
+        W_O [n_h·d, h] row (Llama-3 8B: 4096·4096 + 2·4096·1024 + 4096·4096 = 41,943,040).
     """
-    h, nh, dh, dhr, dcq, dc = (m.hidden, m.heads, m.head_dim, m.rope_head_dim,
-                               m.q_compress, m.kv_compress)
+    h, nh, dh = m.hidden, m.heads, m.head_dim
+    if m.attention == "gqa":
+        g = m.kv_groups
+        return {"W_Q": (h, nh * dh, "col"), "W_K": (h, g * dh, "col"), "W_V": (h, g * dh, "col"),
+                "W_O": (nh * dh, h, "row")}
+    dhr, dcq, dc = m.rope_head_dim, m.q_compress, m.kv_compress
     mats = {}
     if dcq:
-        mats["W_DQ"] = (h * dcq, False)            # query down-projection, replicated
-        mats["W_UQ"] = (dcq * nh * dh, True)       # query up-projection (no-rope part), split
-        mats["W_QR"] = (dcq * nh * dhr, False)     # query rope up-projection, replicated
+        mats["W_DQ"] = (h, dcq, None)              # query down-projection, replicated
+        mats["W_UQ"] = (dcq, nh * dh, "col")       # query up-projection (no-rope part), split
+        mats["W_QR"] = (dcq, nh * dhr, None)       # query rope up-projection, replicated
     else:
-        mats["W_Q"] = (h * nh * (dh + dhr), True)  # plain query projection, column-parallel
-    mats["W_DKV"] = (h * dc, False)                # key-value down-projection, replicated
-    mats["W_UK"] = (dc * nh * dh, True)            # key up-projection, split
-    mats["W_UV"] = (dc * nh * dh, True)            # value up-projection, split
-    mats["W_KR"] = (h * dhr, False)                # shared key rope projection, replicated
-    mats["W_O"] = (nh * dh * h, True)              # output projection, row-parallel
+        mats["W_Q"] = (h, nh * (dh + dhr), "col")  # plain query projection, column-parallel
+    mats["W_DKV"] = (h, dc, None)                  # key-value down-projection, replicated
+    mats["W_UK"] = (dc, nh * dh, "col")            # key up-projection, split
+    mats["W_UV"] = (dc, nh * dh, "col")            # value up-projection, split
+    mats["W_KR"] = (h, dhr, None)                  # shared key rope projection, replicated
+    mats["W_O"] = (nh * dh, h, "row")              # output projection, row-parallel
     return mats
+
+
+def mla_matrices(m: ModelConfig) -> dict[str, tuple[int, bool]]:
+    """``attention_matrices`` as ``name: (params, split_by_tp)``."""
+    return {k: (i * o, tp is not None) for k, (i, o, tp) in attention_matrices(m).items()}
+
+
+def attention_key(m: ModelConfig) -> str:
+    """The module name of a layer's attention matrices: "mla" or "attention" (GQA/MHA)."""
+    return "mla" if m.attention == "mla" else "attention"
 
 
 def layer_params(m: ModelConfig, layer: int) -> dict[str, int]:
@@ -79,17 +97,26 @@ def layer_params(m: ModelConfig, layer: int) -> dict[str, int]:
 
     dense layer:  mla + mla_norms + norms + mlp                 = 583,483,392 (V3)
     MoE layer:    mla + mla_norms + norms + gate + experts      = 11,507,286,016 (V3)
+    GQA models: attention (+ attention_bias n_h·d + 2g·d with qkv_bias, qk_norms 2d with
+    qk_norm) + norms + mlp or gate + experts (+ shared_gate h with a gated shared expert).
     """
     h = m.hidden
-    out = {
-        "mla": sum(p for p, _ in mla_matrices(m).values()),
-        "mla_norms": m.q_compress + m.kv_compress,     # RMSNorm weights of the two latents
-        "norms": 2 * h,                                # attention and FFN input RMSNorms
-    }
+    out = {attention_key(m): sum(p for p, _ in mla_matrices(m).values())}
+    if m.attention == "mla":
+        out["mla_norms"] = m.q_compress + m.kv_compress     # RMSNorm weights of the two latents
+    else:
+        if m.qkv_bias:
+            out["attention_bias"] = (m.heads + 2 * m.kv_groups) * m.head_dim
+        if m.qk_norm:
+            out["qk_norms"] = 2 * m.head_dim
+    out["norms"] = 2 * h                                    # attention and FFN input RMSNorms
     if m.is_moe(layer):
         out["gate"] = m.routed_experts * h                                   # router [N, h]
         out["routed_experts"] = m.routed_experts * 3 * h * m.moe_ffn_hidden  # gate, up, down each
-        out["shared_experts"] = m.shared_experts * 3 * h * m.moe_ffn_hidden
+        if m.shared_experts:
+            out["shared_experts"] = 3 * h * m.shared_width
+            if m.shared_expert_gate:
+                out["shared_gate"] = h                                       # [1, h], Qwen2-MoE
     else:
         out["mlp"] = 3 * h * m.dense_ffn_hidden                              # gate, up, down
     return out
@@ -166,16 +193,16 @@ def per_device(m: ModelConfig, p: ParallelConfig, module: str, count: int,
     (and shared_experts /tp with the "megatron" placement); embedding, head: ⌈V/tp⌉·h;
     routed_experts /(ep·etp); the rest replicated.
     """
-    if module == "mlp" or (module == "shared_experts" and shared_placement == "megatron"):
+    if module in ("mlp", "attention_bias") or (module == "shared_experts" and shared_placement == "megatron"):
         return count // p.tp
     if module in ("embedding", "head"):
-        return _ceil_div(m.vocab, p.tp) * m.hidden if count else 0
+        return m.vocab_shard(p.tp) * m.hidden if count else 0
     if module == "routed_experts":
         return count // (p.ep * p.etp)
     return count
 
 
-def mla_per_device(m: ModelConfig, p: ParallelConfig) -> int:
+def attention_per_device(m: ModelConfig, p: ParallelConfig) -> int:
     """MLA matrices on one device: replicated + split/tp.
 
     V3, TP2: (11,010,048 + 12,582,912 + 3,670,016 + 458,752)
@@ -189,7 +216,7 @@ def device_params(m: ModelConfig, p: ParallelConfig, modules: dict[str, int],
     """Per-device counts of a module dict holding ``n_mla`` layers' worth of MLA."""
     out = {}
     for k, v in modules.items():
-        out[k] = (n_mla * mla_per_device(m, p) if k == "mla"
+        out[k] = (n_mla * attention_per_device(m, p) if k in ("mla", "attention")
                   else per_device(m, p, k, v, shared_placement))
     return out
 
@@ -221,7 +248,7 @@ def rank_matrix_adjustment(m: ModelConfig, p: ParallelConfig, plans) -> dict[str
     emb = any(x.embedding for x in plans)
     head = any(x.head for x in plans)
     mtp = any(x.mtp for x in plans)
-    matrix = _ceil_div(m.vocab, p.tp) * m.hidden
+    matrix = m.vocab_shard(p.tp) * m.hidden
     out = {"embedding": 0, "head": 0}
     if m.tied_embeddings and emb and head and not any(x.embedding and x.head for x in plans):
         out["head"] -= matrix

@@ -17,7 +17,7 @@ from pipesim.model.config import ModelConfig, ParallelConfig, TrainingConfig
 from pipesim.model.states import SHARDED, states_bytes
 
 GIB, MIB = 2 ** 30, 2 ** 20
-_NORMS = ("norms", "mla_norms", "final_norm", "mtp_norms")
+_NORMS = ("norms", "mla_norms", "qk_norms", "final_norm", "mtp_norms")
 
 
 def _gib(n: int) -> float:
@@ -104,11 +104,12 @@ def _table6(m: ModelConfig, p: ParallelConfig, t: TrainingConfig, stages: list[d
         norms = sum(d.get(k, 0) for k in _NORMS)
         moe = sum(d.get(k, 0) for k in P.MOE_MODULES)
         total = sum(d.values())
-        rows.append([s, norms, d.get("mla", 0), d.get("embedding", 0) + d.get("head", 0),
+        rows.append([s, norms, d.get("mla", 0) + d.get("attention", 0) + d.get("attention_bias", 0),
+                     d.get("embedding", 0) + d.get("head", 0),
                      d.get("mlp", 0) + d.get("mtp_proj", 0), total - moe, moe, total,
                      total * wb, _mib(total * wb), _gib(total * wb)])
     return {"title": "Table 6: parameters per device",
-            "columns": ["stage", "rmsnorm", "mla", "emb+head", "mlp+proj", "non-moe", "moe",
+            "columns": ["stage", "rmsnorm", "attention", "emb+head", "mlp+proj", "non-moe", "moe",
                         "total", "bytes", "MiB", "GiB"], "rows": rows,
             "notes": [f"TP{p.tp} EP{p.ep} ETP{p.etp}: W_UQ/W_UK/W_UV/W_O, dense FFN, vocab"
                       + (", shared experts" if t.shared_placement == "megatron" else "")
@@ -148,7 +149,7 @@ def _table10(m: ModelConfig, p: ParallelConfig, t: TrainingConfig, stages: list[
             for k in kinds:
                 for mod, n in layer_activations(m, p, tt, k).stored_by_module.items():
                     by[mod] = by.get(mod, 0) + n
-            mla = by.get("mla", 0)
+            mla = by.get("mla", 0) + by.get("attn", 0)
             moe = sum(by.get(k, 0) for k in ("moe", "router", "experts", "shared"))
             mlp = by.get("mlp", 0)
             total = sum(by.values())
@@ -157,7 +158,7 @@ def _table10(m: ModelConfig, p: ParallelConfig, t: TrainingConfig, stages: list[
                          _gib(total)])
     return {"title": (f"Table 10: stored activations per stage and device, per micro-batch "
                       f"(b={t.micro_batch_size}, s={t.seq_len}, {t.attention} attention)"),
-            "columns": ["stage", "recompute", "mla", "moe", "mlp", "other", "total", "MiB", "GiB"],
+            "columns": ["stage", "recompute", "attention", "moe", "mlp", "other", "total", "MiB", "GiB"],
             "rows": rows,
             "notes": [f"TP{p.tp} SP{'on' if p.sp else 'off'} CP{p.cp} EP{p.ep} ETP{p.etp}, "
                       f"expert tokens: {t.expert_tokens}, fp8 activations: {t.fp8_activations}",

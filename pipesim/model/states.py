@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pipesim.model.config import DTypes, ModelConfig, ParallelConfig
-from pipesim.model.params import expert_modules
+from pipesim.model.params import attention_matrices, expert_modules
 
 SHARDED = {
     "none": (),
@@ -78,22 +78,19 @@ def linear_weight_shapes(m: ModelConfig, p: ParallelConfig, kinds, shared_placem
     [h, 2N_s·h_E/tp'] and fc2 (tp' = tp with the megatron placement, else 1); the MTP
     projection [2h, h]. The router and the output layer are not TE modules.
     """
-    h, nh, dh, dhr, tp = m.hidden, m.heads, m.head_dim, m.rope_head_dim, p.tp
+    h, tp = m.hidden, p.tp
     out: set[tuple[int, int]] = set()
     kinds = set(kinds)
     if kinds & {"dense", "moe", "mtp"}:
-        if m.q_compress:
-            out |= {(h, m.q_compress), (m.q_compress, nh * dh // tp), (m.q_compress, nh * dhr)}
-        else:
-            out.add((h, nh * (dh + dhr) // tp))
-        out |= {(h, m.kv_compress), (m.kv_compress, nh * dh // tp), (h, dhr), (nh * dh // tp, h)}
+        for rows, cols, split in attention_matrices(m).values():
+            out.add((rows // tp, cols) if split == "row" else (rows, cols // tp) if split else (rows, cols))
     if "dense" in kinds:
         out |= {(h, 2 * m.dense_ffn_hidden // tp), (m.dense_ffn_hidden // tp, h)}
     if kinds & {"moe", "mtp"}:
         e = m.moe_ffn_hidden // p.etp
         out |= {(h, 2 * e), (e, h)}
         if m.shared_experts:
-            w = m.shared_experts * m.moe_ffn_hidden // (tp if shared_placement == "megatron" else 1)
+            w = m.shared_width // (tp if shared_placement == "megatron" else 1)
             out |= {(h, 2 * w), (w, h)}
     if "mtp" in kinds:
         out.add((2 * h, h))

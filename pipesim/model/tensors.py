@@ -93,5 +93,5 @@ def shape(m: ModelConfig, p: ParallelConfig, t: TrainingConfig) -> Shape:
 
 
 def vocab_shard(m: ModelConfig, p: ParallelConfig) -> int:
-    """⌈V/tp⌉: vocabulary entries per device (padded)."""
-    return -(-m.vocab // p.tp)
+    """Vocabulary entries per device (``ModelConfig.vocab_shard``: padded, / tp)."""
+    return m.vocab_shard(p.tp)
