@@ -177,13 +177,28 @@ def _sweep(args) -> int:
 
 
 def _model(args) -> int:
+    from pipesim.model import ModelError, ParallelConfig, TrainingConfig
+    from pipesim.model.hf_config import read_hf_config
     from pipesim.model.report import format_tables, tables, tensor_tables
 
-    sc = load_scenario(args.scenario, parse_sets(args.set))
-    if args.tensors:
-        t = tensor_tables(sc.model, sc.parallel, sc.training)
+    if (args.scenario is None) == (args.hf is None):
+        raise UsageError("model: give a scenario file or --hf CONFIG.json (one of them)")
+    if args.hf is not None:
+        # a model alone: one device, one stage, the default recipe
+        try:
+            m = read_hf_config(args.hf)
+            m.validate()
+        except ModelError as exc:
+            raise UsageError(str(exc)) from None
+        model, parallel, training, layers, placement = m, ParallelConfig(), TrainingConfig(), (m.layers,), None
     else:
-        t = tables(sc.model, sc.parallel, sc.training, sc.layers_per_stage, sc.placement)
+        sc = load_scenario(args.scenario, parse_sets(args.set))
+        model, parallel, training = sc.model, sc.parallel, sc.training
+        layers, placement = sc.layers_per_stage, sc.placement
+    if args.tensors:
+        t = tensor_tables(model, parallel, training)
+    else:
+        t = tables(model, parallel, training, layers, placement)
     print(json.dumps(t, indent=2, sort_keys=True) if args.json else format_tables(t))
     return 0
 
@@ -257,7 +272,9 @@ def parser() -> argparse.ArgumentParser:
     _add_set(w)
     w.set_defaults(func=_sweep)
     m = sub.add_parser("model", help="print the paper-style parameter / state / activation tables")
-    m.add_argument("scenario")
+    m.add_argument("scenario", nargs="?", help="scenario TOML file (or give --hf)")
+    m.add_argument("--hf", metavar="CONFIG.json",
+                   help="a Hugging Face config.json instead of a scenario: one device, one stage, the default recipe")
     m.add_argument("--json", action="store_true", help="print JSON instead of tables")
     m.add_argument("--tensors", action="store_true",
                    help="list every activation tensor of each layer kind: shape, dtype, bytes, "

@@ -294,7 +294,7 @@ def _build(raw: dict, path: Path) -> Scenario:
             raise ScenarioError(f"{key}: unknown section; allowed: {', '.join(_SECTIONS)}")
     name = _check_name(raw.get("name", path.stem))
 
-    model = _model(dict(raw.get("model", {})))
+    model = _model(dict(raw.get("model", {})), path)
     parallel = ParallelConfig(**_table(ParallelConfig, raw.get("parallel", {}), "parallel"))
 
     traw = dict(raw.get("training", {}))
@@ -362,9 +362,22 @@ _SCHEDULE_KEY = {"name": "schedule.name", "chunks": "schedule.chunks", "pp": "pa
                  "microbatches": "training.microbatches"}
 
 
-def _model(raw: dict) -> ModelConfig:
+def _model(raw: dict, path: Path) -> ModelConfig:
+    """``[model]``: a ``preset``, an ``hf_config`` (a Hugging Face config.json, relative to the
+    scenario file; ``pipesim.model.hf_config``) or every dimension; other keys override."""
     preset = raw.pop("preset", None)
-    overrides = _table(ModelConfig, raw, "model", extra=("preset",))
+    hf = raw.pop("hf_config", None)
+    overrides = _table(ModelConfig, raw, "model", extra=("preset", "hf_config"))
+    if preset is not None and hf is not None:
+        raise ScenarioError("model: give preset or hf_config, not both")
+    if hf is not None:
+        if not isinstance(hf, str) or not hf:
+            raise ScenarioError(f"model.hf_config: expected the path of a config.json, got {hf!r}")
+        from pipesim.model.hf_config import read_hf_config
+        try:
+            return read_hf_config(path.parent / hf, **overrides)
+        except ModelError as exc:
+            raise ScenarioError(f"model.hf_config: {exc}") from None
     if preset is not None:
         if preset not in preset_names():
             raise ScenarioError(f"model.preset: unknown preset {preset!r}; allowed: {', '.join(preset_names())}")
@@ -372,7 +385,8 @@ def _model(raw: dict) -> ModelConfig:
     try:
         return ModelConfig(**overrides)
     except TypeError as exc:
-        raise ScenarioError(f"model: give a preset ({', '.join(preset_names())}) or every dimension: {exc}") from None
+        raise ScenarioError(f"model: give a preset ({', '.join(preset_names())}), an hf_config or every "
+                            f"dimension: {exc}") from None
 
 
 def _os_problem(exc: OSError) -> str:

@@ -1,0 +1,106 @@
+"""Hugging Face config.json files read as models. The fixtures are written here from each
+model's published config (the fields and values of its config.json on the Hugging Face hub);
+each must give the same parameters as the preset of the same model."""
+import json
+
+import pytest
+
+import pipesim
+from pipesim.cli import main
+from pipesim.model import ModelError, load_preset
+from pipesim.model.hf_config import read_hf_config
+from pipesim.model.params import model_params
+
+CONFIGS = {
+    "mixtral-8x7b": {"architectures": ["MixtralForCausalLM"], "hidden_size": 4096,
+                     "num_attention_heads": 32, "num_key_value_heads": 8, "num_hidden_layers": 32,
+                     "intermediate_size": 14336, "num_local_experts": 8, "num_experts_per_tok": 2,
+                     "vocab_size": 32000, "tie_word_embeddings": False},
+    "llama-3-8b": {"architectures": ["LlamaForCausalLM"], "hidden_size": 4096,
+                   "num_attention_heads": 32, "num_key_value_heads": 8, "num_hidden_layers": 32,
+                   "intermediate_size": 14336, "vocab_size": 128256, "tie_word_embeddings": False},
+    "qwen2-57b-a14b": {"architectures": ["Qwen2MoeForCausalLM"], "hidden_size": 3584,
+                       "num_attention_heads": 28, "num_key_value_heads": 4, "num_hidden_layers": 28,
+                       "intermediate_size": 18944, "moe_intermediate_size": 2560,
+                       "shared_expert_intermediate_size": 20480, "num_experts": 64,
+                       "num_experts_per_tok": 8, "decoder_sparse_step": 1, "mlp_only_layers": [],
+                       "vocab_size": 151936, "tie_word_embeddings": False},
+    "qwen3-30b-a3b": {"architectures": ["Qwen3MoeForCausalLM"], "hidden_size": 2048,
+                      "num_attention_heads": 32, "num_key_value_heads": 4, "head_dim": 128,
+                      "num_hidden_layers": 48, "intermediate_size": 6144, "moe_intermediate_size": 768,
+                      "num_experts": 128, "num_experts_per_tok": 8, "decoder_sparse_step": 1,
+                      "mlp_only_layers": [], "vocab_size": 151936, "tie_word_embeddings": False},
+    "deepseek-v3": {"architectures": ["DeepseekV3ForCausalLM"], "hidden_size": 7168,
+                    "num_attention_heads": 128, "qk_nope_head_dim": 128, "v_head_dim": 128,
+                    "qk_rope_head_dim": 64, "q_lora_rank": 1536, "kv_lora_rank": 512,
+                    "intermediate_size": 18432, "moe_intermediate_size": 2048, "n_routed_experts": 256,
+                    "n_shared_experts": 1, "num_experts_per_tok": 8, "num_hidden_layers": 61,
+                    "first_k_dense_replace": 3, "moe_layer_freq": 1, "vocab_size": 129280,
+                    "num_nextn_predict_layers": 1, "scoring_func": "sigmoid", "tie_word_embeddings": False},
+    "deepseek-v2-lite": {"architectures": ["DeepseekV2ForCausalLM"], "hidden_size": 2048,
+                         "num_attention_heads": 16, "qk_nope_head_dim": 128, "v_head_dim": 128,
+                         "qk_rope_head_dim": 64, "q_lora_rank": None, "kv_lora_rank": 512,
+                         "intermediate_size": 10944, "moe_intermediate_size": 1408,
+                         "n_routed_experts": 64, "n_shared_experts": 2, "num_experts_per_tok": 6,
+                         "num_hidden_layers": 27, "first_k_dense_replace": 1, "moe_layer_freq": 1,
+                         "vocab_size": 102400, "scoring_func": "softmax", "tie_word_embeddings": False},
+}
+
+
+def write(tmp_path, name, cfg):
+    p = tmp_path / f"{name}.json"
+    p.write_text(json.dumps(cfg))
+    return p
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_hf_config_gives_the_presets_parameters(tmp_path, name):
+    m = read_hf_config(write(tmp_path, name, CONFIGS[name]))
+    m.validate()
+    preset = load_preset(name)
+    assert model_params(m, mtp=True) == model_params(preset, mtp=True)
+    assert (m.attention, m.routed_experts, m.shared_width, m.router) == (
+        preset.attention, preset.routed_experts, preset.shared_width, preset.router)
+
+
+@pytest.mark.parametrize("cfg, phrase", [
+    ({"architectures": ["GPT2LMHeadModel"]}, "architectures: 'GPT2LMHeadModel' is not supported; supported: Deepseek"),
+    ({"architectures": ["MixtralForCausalLM"], "hidden_size": 4096}, "num_attention_heads: missing"),
+    ({**CONFIGS["mixtral-8x7b"], "num_local_experts": "8"}, "num_local_experts: expected int"),
+    ({**CONFIGS["qwen2-57b-a14b"], "mlp_only_layers": [3]}, "mlp_only_layers: dense layers"),
+    ({**CONFIGS["deepseek-v3"], "v_head_dim": 64}, "v_head_dim: pipesim models MLA"),
+    ([1, 2], "expected a JSON object"),
+])
+def test_bad_configs_name_the_field(tmp_path, cfg, phrase):
+    with pytest.raises(ModelError) as e:
+        read_hf_config(write(tmp_path, "bad", cfg))
+    assert phrase in str(e.value) and "bad.json" in str(e.value)
+
+
+def test_scenario_reads_hf_config_and_keys_override(tmp_path):
+    write(tmp_path, "mixtral", CONFIGS["mixtral-8x7b"])
+    sc = tmp_path / "s.toml"
+    sc.write_text('[model]\nhf_config = "mixtral.json"\nlayers = 4\n[parallel]\npp = 2\n'
+                  '[training]\nseq_len = 256\nmicrobatches = 4\n')
+    s = pipesim.load_scenario(sc)
+    assert s.model.layers == 4 and s.model.routed_experts == 8
+    res = pipesim.simulate(s)
+    assert res.peaks[0].bytes > 0
+
+
+def test_bad_hf_config_in_a_scenario_exits_2_with_one_line(tmp_path, capsys):
+    (tmp_path / "x.json").write_text("{not json")
+    sc = tmp_path / "s.toml"
+    sc.write_text('[model]\nhf_config = "x.json"\n')
+    out = tmp_path / "out"
+    assert main(["run", str(sc), "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "model.hf_config" in err[0] and "x.json" in err[0]
+    assert not out.exists()
+
+
+def test_model_verb_reads_hf_config_without_a_scenario(tmp_path, capsys):
+    p = write(tmp_path, "llama", CONFIGS["llama-3-8b"])
+    assert main(["model", "--hf", str(p)]) == 0
+    text = capsys.readouterr().out
+    assert "8,030,261,248" in text                    # the model total in Table 3
