@@ -52,6 +52,19 @@ def _rank_grid(result, bins: int) -> np.ndarray:
     return grid
 
 
+def _capacity(ax, result) -> None:
+    """The usable capacity as a dashed line, and the reserve (CUDA context, NCCL) above it as a
+    grey band up to the device's memory."""
+    cap, dev = result.capacity_bytes / GIB, result.device_bytes / GIB
+    ax.axhline(cap, color="black", linestyle="--", linewidth=1)
+    if dev > cap:
+        ax.axhspan(cap, dev, color="0.85", zorder=0)
+        label = f" usable {cap:g} GiB (device {dev:g} GiB, reserve {dev - cap:g} GiB above)"
+    else:
+        label = f" device {cap:g} GiB"
+    ax.text(0.002, cap, label, transform=ax.get_yaxis_transform(), va="bottom", fontsize=8)
+
+
 def memory_png(result, path) -> None:
     """Write the two-panel memory figure of ``result`` to ``path``."""
     sc = result.scenario
@@ -66,9 +79,7 @@ def memory_png(result, path) -> None:
     ax1.stackplot(t, *(v[:, i] for i in keep), labels=[names[i] for i in keep],
                   colors=[_COLORS[names[i]] for i in keep], linewidth=0)
     cap = result.capacity_bytes / GIB
-    ax1.axhline(cap, color="black", linestyle="--", linewidth=1)
-    ax1.text(0.002, cap, f" device {cap:.0f} GiB", transform=ax1.get_yaxis_transform(),
-             va="bottom", fontsize=8)
+    _capacity(ax1, result)
     ax1.plot([peak.time * 1e3], [peak.bytes / GIB], marker="v", color="red", markersize=9)
     ax1.annotate(f"peak {peak.bytes / GIB:.2f} GiB\n{peak.op}", (peak.time * 1e3, peak.bytes / GIB),
                  textcoords="offset points", xytext=(8, 6), fontsize=8, color="red")
@@ -133,8 +144,7 @@ def peaks_png(result, path) -> None:
             ax.bar(ranks, gib, bottom=bottom, color=_COLORS[name], label=name, width=0.8)
             bottom += gib
     cap = result.capacity_bytes / GIB
-    ax.axhline(cap, color="black", linestyle="--", linewidth=1)
-    ax.text(0.002, cap, f" device {cap:.0f} GiB", transform=ax.get_yaxis_transform(), va="bottom", fontsize=8)
+    _capacity(ax, result)
     pr = result.peak_rank
     for p in peaks:
         over = p.bytes > result.capacity_bytes

@@ -25,7 +25,9 @@ def peak_table(result) -> str:
                      f"{result.bubble_fraction(p.rank):.1%}", p.op])
     lines = [f"{sc.name}: {sc.schedule.name}, pp={result.ranks}, {sc.microbatches} micro-batches, "
              f"{result.workload.schedule.num_stages} stages, step {result.makespan * 1e3:.1f} ms "
-             f"(simulated), device {result.capacity_bytes / GIB:g} GiB"]
+             f"(simulated), device {result.device_bytes / GIB:g} GiB"
+             + (f" - {result.reserve_bytes / GIB:g} GiB reserve (CUDA context, NCCL) = "
+                f"{result.capacity_bytes / GIB:g} GiB usable" if result.reserve_bytes else "")]
     lines += aligned(head, rows)
     lines.append("(GiB = 2**30 bytes; 'transient' = workspace + a2a + gather of the running layer; "
                  "'other' = logits, p2p, comm buffers, fragmentation; * = peak rank)")
@@ -38,10 +40,10 @@ def verdict(result) -> str:
     cap = result.capacity_bytes
     if worst.bytes <= cap:
         return (f"FITS: peak {worst.bytes / GIB:.2f} GiB on rank {worst.rank} "
-                f"({(cap - worst.bytes) / GIB:.2f} GiB headroom on a {cap / GIB:g} GiB device)")
+                f"({(cap - worst.bytes) / GIB:.2f} GiB headroom of {cap / GIB:g} GiB usable)")
     over = [p.rank for p in result.peaks if p.bytes > cap]
     return (f"DOES NOT FIT: rank {worst.rank} peaks at {worst.bytes / GIB:.2f} GiB, "
-            f"{(worst.bytes - cap) / GIB:.2f} GiB over the {cap / GIB:g} GiB device "
+            f"{(worst.bytes - cap) / GIB:.2f} GiB over the {cap / GIB:g} GiB usable "
             f"({len(over)} of {result.ranks} ranks over)")
 
 

@@ -46,7 +46,10 @@ class Result:
         self.workload = workload
         self.spans = spans
         self.p2p = p2p
-        self.capacity_bytes = int(scenario.hardware.memory_gib * GIB)
+        # what the peak is compared against: the device less what the framework cannot use
+        self.device_bytes = int(scenario.hardware.memory_gib * GIB)
+        self.reserve_bytes = int(scenario.hardware.reserve_gib * GIB)
+        self.capacity_bytes = self.device_bytes - self.reserve_bytes
         self.fragmentation = scenario.overheads.fragmentation
 
     @cached_property
@@ -164,6 +167,8 @@ class Result:
                          "stages": self.workload.schedule.num_stages},
             "layers_per_stage": list(sc.layers_per_stage),
             "capacity_bytes": self.capacity_bytes,
+            "device_bytes": self.device_bytes,
+            "reserve_bytes": self.reserve_bytes,
             "makespan_ms": round(self.makespan * 1e3, 6),
             "peak_rank": self.peak_rank,
             "peak_bytes": worst.bytes,

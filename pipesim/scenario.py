@@ -80,6 +80,9 @@ class HardwareConfig:
     efficiency: float = 0.4           # achieved fraction of peak (model FLOPs utilisation), in (0, 1]
     p2p_bandwidth_gbps: float = 50.0  # point-to-point bandwidth between pipeline ranks, GB/s (1e9), in (0, 1e6]
     p2p_latency_us: float = 10.0      # per-message latency, microseconds, in [0, 1e9]
+    reserve_gib: float = 1.0          # memory the framework cannot use (CUDA context, NCCL
+                                      # buffers; pipesim.hardware), subtracted from memory_gib
+    preset: str | None = None         # a named device (pipesim.hardware.PRESETS) filling the rest
 
 
 @dataclass(frozen=True)
@@ -312,7 +315,7 @@ def _build(raw: dict, path: Path) -> Scenario:
 
     sched = ScheduleConfig(**_table(ScheduleConfig, raw.get("schedule", {}), "schedule"))
     placement = PlacementConfig(**_table(PlacementConfig, raw.get("placement", {}), "placement"))
-    hardware = HardwareConfig(**_table(HardwareConfig, raw.get("hardware", {}), "hardware"))
+    hardware = _hardware(_table(HardwareConfig, raw.get("hardware", {}), "hardware"))
     overheads = OverheadsConfig(**_table(OverheadsConfig, raw.get("overheads", {}), "overheads"))
     timing = TimingConfig(**_table(TimingConfig, raw.get("timing", {}), "timing"))
 
@@ -327,7 +330,11 @@ def _build(raw: dict, path: Path) -> Scenario:
             raise ScenarioError(text if text.startswith("model.") else f"{section}.{text}") from None
     for section, obj in (("hardware", hardware), ("overheads", overheads), ("timing", timing)):
         for f in dataclasses.fields(obj):
-            _limit(limits.check_range, f"{section}.{f.name}", getattr(obj, f.name))
+            if f"{section}.{f.name}" in limits.RANGES:       # numbers; names are checked on use
+                _limit(limits.check_range, f"{section}.{f.name}", getattr(obj, f.name))
+    if hardware.reserve_gib >= hardware.memory_gib:
+        raise ScenarioError(f"hardware.reserve_gib: must be below memory_gib ({hardware.memory_gib:g}), "
+                            f"got {hardware.reserve_gib:g}")
 
     # the size of the step, estimated before any op is built: refused beyond the limits
     try:
@@ -360,6 +367,18 @@ def _build(raw: dict, path: Path) -> Scenario:
 # the scenario key behind each argument of schedules.build that a ScheduleError can blame
 _SCHEDULE_KEY = {"name": "schedule.name", "chunks": "schedule.chunks", "pp": "parallel.pp",
                  "microbatches": "training.microbatches"}
+
+
+def _hardware(kwargs: dict) -> HardwareConfig:
+    """``[hardware]``: a ``preset`` (``pipesim.hardware.PRESETS``) under the keys given beside it."""
+    from pipesim.hardware import PRESETS
+
+    name = kwargs.get("preset")
+    if name is not None:
+        if name not in PRESETS:
+            raise ScenarioError(f"hardware.preset: unknown device {name!r}; allowed: {', '.join(PRESETS)}")
+        kwargs = {**PRESETS[name], **kwargs}
+    return HardwareConfig(**kwargs)
 
 
 def _model(raw: dict, path: Path) -> ModelConfig:
