@@ -134,9 +134,9 @@ def test_layer_invariants(recompute, keep):
         assert (L.recompute_bytes == 0) == (recompute == "none" or L.name in ("embedding", "head"))
         assert L.a2a_bytes > 0 if ("moe" in L.name or "mtp" in L.name) else L.a2a_bytes == 0
     assert c.boundary_bytes == 2 * 1024 * h // 2
-    # the default (megatron) recipe's FP32 loss keeps a 4-byte softmax of T x V/tp, for the
-    # head and again for the MTP module's own loss
-    assert c.logits_bytes == 2 * 1024 * (129280 // 2) * 4
+    # the default (megatron) recipe's FP32 loss keeps a 4-byte softmax of T x V/tp and the int64
+    # labels, for the head and again for the MTP module's own loss
+    assert c.logits_bytes == 2 * (1024 * (129280 // 2) * 4 + 8 * 1024)
 
 
 def test_full_recompute_keeps_checkpoints_until_w():

@@ -55,8 +55,8 @@ def test_dropout_adds_its_masks_and_the_dropped_probabilities():
 
 def test_cross_entropy_fp32_keeps_the_fp32_softmax_fused_the_bf16_gradient():
     fp32, fused = acts("head", cross_entropy="fp32"), acts("head", cross_entropy="fused")
-    assert fp32.stored_by_module["loss"] == 4 * T * 1024
-    assert fused.stored_by_module["loss"] == 2 * T * 1024
+    assert fp32.stored_by_module["loss"] == 4 * T * 1024 + 8 * T       # and the int64 labels
+    assert fused.stored_by_module["loss"] == 2 * T * 1024 + 8 * T
 
 
 def test_swiglu_fusion_drops_the_silu_output():
@@ -73,7 +73,8 @@ def test_moe_combine_output_keeps_the_expert_output():
 
 def test_permute_fusion_keeps_int32_row_map():
     S = T * 2
-    assert acts("moe").stored - acts("moe", moe_permute_fusion=True).stored == (8 - 4) * S
+    # unfused: two int64 index vectors (tokens, probabilities); fused: one int32 row map
+    assert acts("moe").stored - acts("moe", moe_permute_fusion=True).stored == (2 * 8 - 4) * S
 
 
 def test_full_recompute_granularity():

@@ -24,6 +24,7 @@ from pipesim.model import inventory_paper as paper
 from pipesim.model.config import ModelConfig, ParallelConfig, TrainingConfig
 from pipesim.model.params import attention_matrices
 from pipesim.model.tensors import Shape, Tensor, shape, vocab_shard
+from pipesim.model.transients import working_sets
 
 __all__ = ["LayerActivations", "Tensor", "boundary_bytes", "keep_names", "kept", "layer_activations",
            "layer_tensors", "shape", "tensor_listing", "vocab_shard"]
@@ -124,43 +125,6 @@ def _linear_outputs(m: ModelConfig, p: ParallelConfig, g: Shape, kind: str) -> i
     return out
 
 
-def _working_sets(m: ModelConfig, g: Shape, kind: str, sp_gather: bool) -> tuple[int, int]:
-    """(forward extra, backward) working sets of the largest sublayer, never stored.
-
-    forward, per sublayer: the all-gathered normalised input a·T·h when SP gathers it; MLA eager
-        also the pre-softmax scores a·b·n_h/tp·(s/cp)·s; the FFN its output before the combine /
-        reduce-scatter a·T·h.
-    backward, per sublayer: the input gradient before its reduce-scatter a·T·h plus the
-        gradients of the sublayer's largest tensors: MLA dQ, dK, dV (+ eager dP and dS, two
-        score-sized tensors); FFN the gradients of hidden and product, a·3·tokens·width (routed
-        experts also their dispatched inputs a·R·h, the router 2a·T·N).
-    A layer's F and B run its sublayers one after the other, so the layer's value is the max.
-    """
-    a, T, h = g.a, g.T, m.hidden
-    gather = a * T * h if sp_gather else 0
-    heads = m.heads // g.tp
-    qk = m.heads * (m.head_dim + m.rope_head_dim) // g.tp
-    hv = m.heads * m.head_dim // g.tp
-    s_loc = g.s // g.cp
-    pre_scores = 0 if g.flash else a * g.b * heads * s_loc * g.s
-    fwd_mla = gather + pre_scores
-    bwd_mla = a * T * h + a * T * (2 * qk + hv) + 2 * pre_scores
-    if kind in ("dense", "moe", "mtp"):
-        if kind == "dense":
-            width = m.dense_ffn_hidden // g.tp
-            fwd_ffn = gather + a * T * h
-            bwd_ffn = a * T * h + 3 * a * T * width
-        else:
-            shared = m.shared_width
-            fwd_ffn = gather + a * g.R * h + a * T * h
-            bwd_ffn = (a * T * h + a * g.R * h + 3 * a * g.R * (m.moe_ffn_hidden // g.etp)
-                       + 3 * a * T * shared + 2 * a * T * m.routed_experts)
-        return max(fwd_mla, fwd_ffn), max(bwd_mla, bwd_ffn)
-    if kind == "head":
-        return gather, a * T * h
-    return 0, 0                                                    # embedding: a lookup
-
-
 def _a2a_bytes(m: ModelConfig, g: Shape, t: TrainingConfig, kind: str) -> int:
     """EP all-to-all buffers while an MoE layer runs.
 
@@ -188,7 +152,7 @@ def layer_activations(m: ModelConfig, p: ParallelConfig, t: TrainingConfig,
     w_grad_outputs = a' · Σ_matmuls tokens·columns (``_linear_outputs``; the head's at a)
     recompute   = Σ recomputed tensors (re-materialised during B; 0 for recompute none)
     forward_transient  = recompute + the forward working set (dropped tensors exist during F)
-    backward_transient = the backward working set
+    backward_transient = the backward working set (``pipesim.model.transients``)
     a2a         = ``_a2a_bytes``
     """
     g = shape(m, p, t)
@@ -207,7 +171,7 @@ def layer_activations(m: ModelConfig, p: ParallelConfig, t: TrainingConfig,
     if w_dropped:
         w += sum(x.nbytes for x, s in zip(tensors, st)
                  if s == "stored" and x.checkpoint and not x.weight_input and x.module != "loss")
-    fwd, bwd = _working_sets(m, g, kind, p.sp and p.tp > 1)
+    fwd, bwd = working_sets(m, p, t, g, kind, tensors, st)
     # with FP8 training the weight-gradient GEMM takes its output gradient in FP8 too
     # (DeepSeek-V3 Figure 6), so a deferred W keeps dY at a' (the output head stays in BF16)
     head_dy = g.T * vocab_shard(m, p) if kind in ("head", "mtp") else 0

@@ -34,14 +34,18 @@ Dense FFN: mlp.input (C with sublayer checkpoints), mlp.rstd, mlp.normed (W); ml
     a'·T·2f/tp (fc1 output = SwiGLU input); mlp.silu a·T·f/tp (eager SwiGLU only: SiLU(gate),
     kept by the multiply); mlp.product a'·T·f/tp (W, fc2 input); mlp.mask T_sp·h (dropout).
 MoE FFN:
-    moe.input, moe.rstd, moe.normed (W: router, shared experts; the dispatch gathers from it)
+    moe.input, moe.rstd (the MoE norm's input and 1/rms)
+    router.input        a'·T_sp·h            W   the normalised input, kept by the router's
+                                                 linear (the first to save it) and shared by
+                                                 the shared experts; the dispatch gathers from it
     router.probs        4·T_sp·N                 FP32 softmax / sigmoid scores (kept by the op
                                                  and by the gather of the chosen scores)
     router.indices      8·T_sp·N_r               int64 top-k indices (topk, gather)
     router.weights      4·T_sp·(N_r + 1)         sigmoid only: the chosen scores and their sum,
                                                  kept by the normalising division
-    experts.indices     8·S, or 4·S fused        int64 gather indices of the dispatch (shared by
-                                                 the unpermute), or TE's int32 row map
+    experts.indices     16·S, or 4·S fused       int64 gather indices of the dispatch (shared by
+                                                 the unpermute) and of the probabilities, or
+                                                 TE's int32 row map
     experts.input       a'·R·h               W   the tokens this device's experts receive
     experts.hidden      a'·R·2h_E/etp            fc1 output = SwiGLU input (FP8-cached by V3)
     experts.silu        a·R·h_E/etp              eager SwiGLU only
@@ -52,13 +56,13 @@ MoE FFN:
     combine "activation": experts.probs a·R (kept by the weighted SwiGLU)
     shared.hidden a·T·2N_s·h_E/tp', shared.silu (eager), shared.product a'·T·N_s·h_E/tp' (W),
         tp' = tp with ``shared_placement = "megatron"`` (a TP-split MLP), 1 with "paper"; the
-        shared experts read moe.normed, so they keep no input of their own
+        shared experts read router.input, so they keep no input of their own
     moe.mask            T_sp·h                   FFN output dropout mask (with dropout)
 Embedding: embedding.ids 8·T (int64 ids, kept by the embedding's backward).
 Head: head.input a·T_sp·h, head.rstd 4·T_sp, head.normed a'·T_sp·h (W); loss "fp32":
     loss.softmax 4·T·⌈V/tp⌉ (FP32 log-softmax of the FP32 copy of the logits; the BF16 logits
     and the copy are freed in forward); "fused": loss.grad a·T·⌈V/tp⌉ (the gradient, written
-    in forward over the logits). Head, embedding and loss are never recomputed (frameworks
+    in forward over the logits); loss.targets 8·T (the int64 labels). Head, embedding and loss are never recomputed (frameworks
     checkpoint transformer layers only).
 MTP module (DeepSeek-V3 section 2.2): mtp.input a·T_sp·h and mtp.embed a·T_sp·h (inputs of
     its two norms, C), mtp.rstd 8·T_sp, mtp.ids 8·T (its embedding lookup), mtp.normed
@@ -77,13 +81,13 @@ TENSORS = {
     "attn": ("input", "rstd", "normed", "q_pre", "k_pre", "qk_rstd", "q", "k", "v", "probs",
              "probs_mask", "probs_dropped", "context", "lse", "mask"),
     "mlp": ("input", "rstd", "normed", "hidden", "silu", "product", "mask"),
-    "moe": ("input", "rstd", "normed", "mask"),
-    "router": ("probs", "indices", "weights"),
+    "moe": ("input", "rstd", "mask"),
+    "router": ("input", "probs", "indices", "weights"),
     "experts": ("indices", "input", "hidden", "silu", "product", "output", "probs"),
     "shared": ("hidden", "silu", "product"),
     "mtp": ("input", "embed", "rstd", "ids", "normed"),
     "head": ("input", "rstd", "normed"),
-    "loss": ("softmax", "grad"),
+    "loss": ("softmax", "grad", "targets"),
 }
 # DeepSeek-V3's selective recomputation (arXiv 2412.19437, section 3.2.3): all RMSNorms and the
 # MLA up-projections are recomputed, the SwiGLU's input cached and its output recomputed.
@@ -94,7 +98,7 @@ TENSORS = {
 V3_RECOMPUTED = {"mla.rstd", "mla.normed", "mla.latent_rstd", "mla.latents_normed",
                  "mla.q", "mla.k", "mla.v", "mla.lse", "attn.rstd", "attn.normed", "attn.qk_rstd",
                  "mlp.rstd", "mlp.normed", "mlp.silu", "mlp.product",
-                 "moe.rstd", "moe.normed", "experts.silu", "experts.product", "shared.silu",
+                 "moe.rstd", "router.input", "experts.silu", "experts.product", "shared.silu",
                  "shared.product", "mtp.rstd", "mtp.normed"}
 # kept only when a recompute region starts at it (see mla.k_rope)
 REGION_INPUTS = {"mla.k_rope": "mla.latents_normed"}
@@ -205,7 +209,7 @@ def moe_tensors(m: ModelConfig, g: Shape, t: TrainingConfig, sublayer: bool) -> 
     h, N, k = m.hidden, m.routed_experts, m.experts_per_token
     Tr = g.T_sp                                    # the router scores this rank's tokens
     out = _norm("moe", g, h, g.T_sp, c=sublayer, what="MoE")
-    out += [tensor("moe.normed", (g.T_sp, h), g.act8, g.a8, w=True,
+    out += [tensor("router.input", (g.T_sp, h), g.act8, g.a8, w=True,
                    why="router and shared-expert input, dispatch source"),
             tensor("router.probs", (Tr, N), "fp32", 4, why=f"FP32 {m.router} scores"),
             tensor("router.indices", (Tr, k), "int64", 8, why="top-k indices (topk, gather)")]
@@ -214,8 +218,9 @@ def moe_tensors(m: ModelConfig, g: Shape, t: TrainingConfig, sublayer: bool) -> 
                           why="chosen scores and their sum (normalisation)"))
     if t.moe_permute_fusion:
         out.append(tensor("experts.indices", (g.S,), "int32", 4, why="fused permute row map"))
-    else:
-        out.append(tensor("experts.indices", (g.S,), "int64", 8, why="dispatch gather / unpermute indices"))
+    else:   # one index gathers the tokens (and scatters them back), one the probabilities
+        out.append(tensor("experts.indices", (2, g.S), "int64", 8,
+                          why="dispatch gather / unpermute indices, probability gather indices"))
     out.append(tensor("experts.input", (g.R, h), g.act8, g.a8, w=True, why="routed experts' fc1 input"))
     out += _swiglu("experts", g.R, m.moe_ffn_hidden // g.etp, g, t.swiglu_fusion)
     if t.moe_combine == "output":
@@ -235,9 +240,12 @@ def moe_tensors(m: ModelConfig, g: Shape, t: TrainingConfig, sublayer: bool) -> 
 
 def loss_tensors(m: ModelConfig, p: ParallelConfig, t: TrainingConfig, g: Shape) -> list[Tensor]:
     shape_ = (g.T, vocab_shard(m, p))
+    targets = tensor("loss.targets", (g.T,), "int64", 8, c=True, why="labels, kept by the loss")
     if t.cross_entropy == "fused":
-        return [tensor("loss.grad", shape_, g.act, g.a, c=True, why="fused cross-entropy: gradient in the logits buffer")]
-    return [tensor("loss.softmax", shape_, "fp32", 4, c=True, why="FP32 log-softmax of the logits' FP32 copy")]
+        return [tensor("loss.grad", shape_, g.act, g.a, c=True, why="fused cross-entropy: gradient in the logits buffer"),
+                targets]
+    return [tensor("loss.softmax", shape_, "fp32", 4, c=True, why="FP32 log-softmax of the logits' FP32 copy"),
+            targets]
 
 
 def head_tensors(m: ModelConfig, p: ParallelConfig, t: TrainingConfig, g: Shape) -> list[Tensor]:
