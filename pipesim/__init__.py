@@ -7,8 +7,10 @@
 
 Command line: ``python -m pipesim run scenarios/v3_pp16.toml``.
 """
-from pipesim.api import simulate
-from pipesim.results import Result
-from pipesim.scenario import Scenario, ScenarioError, load_scenario
+__version__ = "0.2.0"     # the one source of the version (setup.cfg reads it)
+
+from pipesim.api import simulate  # noqa: E402
+from pipesim.results import Result  # noqa: E402
+from pipesim.scenario import Scenario, ScenarioError, load_scenario  # noqa: E402
 
 __all__ = ["Result", "Scenario", "ScenarioError", "load_scenario", "simulate"]

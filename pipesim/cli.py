@@ -21,6 +21,7 @@ naming the file, the key and what is allowed, and exits with status 2 without wr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -87,24 +88,49 @@ def _write(args, default: str, writers: dict) -> int:
     return 0
 
 
+PLOTS = ("memory", "peaks", "schedule")
+
+
+def _plots(text: str) -> tuple[str, ...]:
+    """``--plots``: all, none, or a comma list of memory, peaks, schedule."""
+    if text == "all":
+        return PLOTS
+    if text == "none":
+        return ()
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    bad = [n for n in names if n not in PLOTS]
+    if bad or not names:
+        raise UsageError(f"--plots: {', '.join(map(repr, bad)) or 'empty'} unknown; allowed: all, none, "
+                         f"or a comma list of {', '.join(PLOTS)}")
+    return names
+
+
 def _run(args) -> int:
+    """Exit status by the convention of diff and grep: 0 fits (OK or TIGHT), 1 any rank OOM."""
     from pipesim.api import simulate
     from pipesim.export import summary_json, text_writer, timeline_csv, trace_json
     from pipesim.plots import memory_png, peaks_png, schedule_png
     from pipesim.report import peak_table
 
+    plots = _plots(args.plots)
     sc = load_scenario(args.scenario, parse_sets(args.set))
     _output(args, sc.name)      # an unwritable output folder fails now, not after the run
     res = simulate(sc)
-    print(peak_table(res))
-    return _write(args, sc.name, {
-        "summary.json": text_writer(summary_json(res)),
-        "timeline.csv": text_writer(timeline_csv(res)),
-        "memory.png": lambda p: memory_png(res, p),
-        "peaks.png": lambda p: peaks_png(res, p),
-        "schedule.png": lambda p: schedule_png(res, p),
-        "trace.json": text_writer(trace_json(res)),
-    })
+    if args.json:
+        print(summary_json(res), end="")
+    elif not args.quiet:
+        print(peak_table(res))
+    drawers = {"memory": ("memory.png", memory_png), "peaks": ("peaks.png", peaks_png),
+               "schedule": ("schedule.png", schedule_png)}
+    writers = {"summary.json": text_writer(summary_json(res)), "timeline.csv": text_writer(timeline_csv(res))}
+    for name in plots:
+        file, draw = drawers[name]
+        writers[file] = (lambda d: lambda p: d(res, p))(draw)
+    writers["trace.json"] = text_writer(trace_json(res))
+    # with --json or --quiet, stdout carries the summary alone (or nothing): "wrote" goes to stderr
+    with contextlib.redirect_stdout(sys.stderr if (args.json or args.quiet) else sys.stdout):
+        _write(args, sc.name, writers)
+    return 1 if res.verdict() == "OOM" else 0
 
 
 def _validate(args) -> int:
@@ -245,12 +271,23 @@ def _add_set(p: argparse.ArgumentParser) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m pipesim", description=__doc__.split("\n")[0])
+    from pipesim import __version__
+
+    p = argparse.ArgumentParser(
+        prog="pipesim", description=__doc__.split("\n")[0],
+        epilog="exit status: 0 the scenario fits (verdict OK or TIGHT) or the command succeeded; "
+               "1 some rank does not fit (OOM; run) or a score exceeds --max-error (score); "
+               "2 bad input; 130 / 143 interrupted (Ctrl-C / SIGTERM)")
+    p.add_argument("--version", action="version", version=f"pipesim {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="simulate a scenario: per-rank peak table + summary.json, timeline.csv, "
                                    "memory.png, peaks.png, schedule.png, trace.json")
     r.add_argument("scenario", help="scenario TOML file")
     r.add_argument("-o", "--output", help="output folder (default results/<scenario name>)")
+    r.add_argument("--json", action="store_true", help="print summary.json to stdout instead of the table")
+    r.add_argument("--quiet", action="store_true", help="print nothing to stdout (the exit status is the verdict)")
+    r.add_argument("--plots", default="all", metavar="WHICH",
+                   help="pictures to draw: all (default), none, or a comma list of memory, peaks, schedule")
     _add_set(r)
     r.set_defaults(func=_run)
     v = sub.add_parser("validate", help="check scenario files and their schedules without simulating; writes nothing")
@@ -324,9 +361,14 @@ def _trap_signals() -> dict | None:
         return None
 
 
+def console() -> None:
+    """The ``pipesim`` console script."""
+    sys.exit(main())
+
+
 def main(argv=None) -> int:
-    """Run one command; exit status 0, 1 (a score over --max-error), 2 (bad input), 130 / 143
-    (interrupted by Ctrl-C / SIGTERM: one line, no partial outputs left)."""
+    """Run one command; exit status 0, 1 (run: some rank OOM; score: over --max-error), 2 (bad
+    input), 130 / 143 (interrupted by Ctrl-C / SIGTERM: one line, no partial outputs left)."""
     args = parser().parse_args(argv)
     previous = _trap_signals()
     try:

@@ -42,6 +42,7 @@ RANGES = {
     "overheads.fragmentation": (0, 1, True, False, " (a fraction of the allocated total)"),
     "overheads.comm_buffer_gib": (0, 2 ** 20, True, True, " GiB"),
     "overheads.allocator_rounding": (1, 2 ** 30, True, True, " bytes (up to 1 GiB)"),
+    "overheads.tight_fraction": (0, 1, True, False, " (a fraction of the usable memory)"),
     "training.microbatches": (1, INT_LIMIT, True, True, ""),
     "timing.forward_ms": (0, 1e9, True, True, " ms"),
     "timing.backward_ms": (0, 1e9, True, True, " ms"),

@@ -12,7 +12,7 @@ def peak_table(result) -> str:
     """Aligned text: one row per rank, the peak rank marked with ``*``, then the verdict."""
     sc = result.scenario
     head = ["rank", "stages", "peak GiB", "at ms", "weights", "grads", "optim", "activ",
-            "recomp", "transient", "other", "headroom", "fits", "bubble", "op in flight at peak"]
+            "recomp", "transient", "other", "headroom", "verdict", "bubble", "op in flight at peak"]
     rows = []
     for p in result.peaks:
         transient = sum(p.breakdown[c] for c in _TRANSIENT)
@@ -21,7 +21,7 @@ def peak_table(result) -> str:
         rows.append([f"{mark}{p.rank}", ",".join(map(str, p.stages)), f"{p.bytes / GIB:.2f}",
                      f"{p.time * 1e3:.1f}"] + [f"{p.breakdown[c] / GIB:.2f}" for c in _COLUMNS] +
                     [f"{transient / GIB:.2f}", f"{other / GIB:.2f}", f"{(result.capacity_bytes - p.bytes) / GIB:+.2f}",
-                     "yes" if p.bytes <= result.capacity_bytes else "NO",
+                     result.verdict(p.rank),
                      f"{result.bubble_fraction(p.rank):.1%}", p.op])
     lines = [f"{sc.name}: {sc.schedule.name}, pp={result.ranks}, {sc.microbatches} micro-batches, "
              f"{result.workload.schedule.num_stages} stages, step {result.makespan * 1e3:.1f} ms "
@@ -36,13 +36,18 @@ def peak_table(result) -> str:
 
 
 def verdict(result) -> str:
+    """The step's verdict line: OK / TIGHT / OOM with the worst rank's numbers."""
     worst = result.peaks[result.peak_rank]
     cap = result.capacity_bytes
-    if worst.bytes <= cap:
-        return (f"FITS: peak {worst.bytes / GIB:.2f} GiB on rank {worst.rank} "
-                f"({(cap - worst.bytes) / GIB:.2f} GiB headroom of {cap / GIB:g} GiB usable)")
+    word = result.verdict()
+    if word != "OOM":
+        tight = (f"; TIGHT: under {result.tight_fraction:.0%} headroom on "
+                 + ", ".join(f"rank {p.rank}" for p in result.peaks if result.verdict(p.rank) == "TIGHT")
+                 if word == "TIGHT" else "")
+        return (f"{word}: fits, peak {worst.bytes / GIB:.2f} GiB on rank {worst.rank} "
+                f"({(cap - worst.bytes) / GIB:.2f} GiB headroom of {cap / GIB:g} GiB usable{tight})")
     over = [p.rank for p in result.peaks if p.bytes > cap]
-    return (f"DOES NOT FIT: rank {worst.rank} peaks at {worst.bytes / GIB:.2f} GiB, "
+    return (f"OOM: does not fit, rank {worst.rank} peaks at {worst.bytes / GIB:.2f} GiB, "
             f"{(worst.bytes - cap) / GIB:.2f} GiB over the {cap / GIB:g} GiB usable "
             f"({len(over)} of {result.ranks} ranks over)")
 

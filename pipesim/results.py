@@ -50,6 +50,7 @@ class Result:
         self.device_bytes = int(scenario.hardware.memory_gib * GIB)
         self.reserve_bytes = int(scenario.hardware.reserve_gib * GIB)
         self.capacity_bytes = self.device_bytes - self.reserve_bytes
+        self.tight_fraction = scenario.overheads.tight_fraction
         self.fragmentation = scenario.overheads.fragmentation
 
     @cached_property
@@ -140,6 +141,23 @@ class Result:
     def fits(self, rank: int) -> bool:
         return self.peaks[rank].bytes <= self.capacity_bytes
 
+    def verdict(self, rank: int | None = None) -> str:
+        """OK, TIGHT or OOM for one rank (or, with ``rank=None``, the worst over the step).
+
+        OOM: the peak exceeds the usable capacity. TIGHT: it fits with less headroom than
+        ``tight_fraction`` of the usable capacity (``[overheads] tight_fraction``, default 0.1):
+        what the model leaves out or takes at its low end — allocator fragmentation (5-30% of
+        allocated memory in the paper, section 6), communication buffers beyond the configured
+        ones, routing imbalance above ``imbalance`` — can use that much.
+        """
+        if rank is None:
+            order = {"OK": 0, "TIGHT": 1, "OOM": 2}
+            return max((self.verdict(r) for r in range(self.ranks)), key=order.__getitem__)
+        headroom = self.capacity_bytes - self.peaks[rank].bytes
+        if headroom < 0:
+            return "OOM"
+        return "TIGHT" if headroom < self.tight_fraction * self.capacity_bytes else "OK"
+
     def summary(self) -> dict:
         """JSON-able summary (the content of ``summary.json``); deterministic for one scenario."""
         sc = self.scenario
@@ -156,6 +174,7 @@ class Result:
                 "dynamic_bytes": p.dynamic_bytes,
                 "breakdown_bytes": p.breakdown,
                 "fits": p.bytes <= self.capacity_bytes,
+                "verdict": self.verdict(p.rank),
                 "headroom_bytes": self.capacity_bytes - p.bytes,
                 "bubble_fraction": round(self.bubble_fraction(p.rank), 6),
             })
@@ -173,5 +192,7 @@ class Result:
             "peak_rank": self.peak_rank,
             "peak_bytes": worst.bytes,
             "fits": all(self.fits(r) for r in range(self.ranks)),
+            "verdict": self.verdict(),
+            "tight_fraction": self.tight_fraction,
             "ranks": ranks,
         }

@@ -92,6 +92,7 @@ class OverheadsConfig:
     fragmentation: float = 0.0        # fraction of the allocated total, added on top (paper: 0.05-0.30), in [0, 1)
     comm_buffer_gib: float = 0.0      # static communication buffers per device (paper: 0.8-2 GiB), in [0, 2**20]
     allocator_rounding: int = 512     # every allocation rounds up to a multiple of this (bytes), in [1, 2**30]
+    tight_fraction: float = 0.1       # headroom below this fraction of the usable memory is TIGHT
 
 
 @dataclass(frozen=True)
