@@ -9,6 +9,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from pipesim.live import short  # noqa: E402
 from pipesim.memory import CATEGORIES, GIB  # noqa: E402
 
 _COLORS = {
@@ -81,7 +82,8 @@ def memory_png(result, path) -> None:
     cap = result.capacity_bytes / GIB
     _capacity(ax1, result)
     ax1.plot([peak.time * 1e3], [peak.bytes / GIB], marker="v", color="red", markersize=9)
-    ax1.annotate(f"peak {peak.bytes / GIB:.2f} GiB\n{peak.op}", (peak.time * 1e3, peak.bytes / GIB),
+    ax1.annotate(f"peak {peak.bytes / GIB:.2f} GiB\n{peak.op}\n{short(result.live_at_peak(pr))}",
+                 (peak.time * 1e3, peak.bytes / GIB),
                  textcoords="offset points", xytext=(8, 6), fontsize=8, color="red")
     ax1.set_ylabel("GiB")
     ax1.set_ylim(0, max(cap, peak.bytes / GIB) * 1.15)

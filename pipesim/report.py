@@ -2,6 +2,7 @@
 other tables (``compare``, ``sweep``) share: aligned columns and a step's mean bubble."""
 from __future__ import annotations
 
+from pipesim.live import closed_form, column
 from pipesim.memory import GIB
 
 _COLUMNS = ("weights", "grads", "optimizer", "activations", "recompute")
@@ -12,7 +13,7 @@ def peak_table(result) -> str:
     """Aligned text: one row per rank, the peak rank marked with ``*``, then the verdict."""
     sc = result.scenario
     head = ["rank", "stages", "peak GiB", "at ms", "weights", "grads", "optim", "activ",
-            "recomp", "transient", "other", "headroom", "verdict", "bubble", "op in flight at peak"]
+            "recomp", "transient", "other", "headroom", "verdict", "bubble", "resident", "op in flight at peak"]
     rows = []
     for p in result.peaks:
         transient = sum(p.breakdown[c] for c in _TRANSIENT)
@@ -22,7 +23,7 @@ def peak_table(result) -> str:
                      f"{p.time * 1e3:.1f}"] + [f"{p.breakdown[c] / GIB:.2f}" for c in _COLUMNS] +
                     [f"{transient / GIB:.2f}", f"{other / GIB:.2f}", f"{(result.capacity_bytes - p.bytes) / GIB:+.2f}",
                      result.verdict(p.rank),
-                     f"{result.bubble_fraction(p.rank):.1%}", p.op])
+                     f"{result.bubble_fraction(p.rank):.1%}", column(result.live_at_peak(p.rank)), p.op])
     lines = [f"{sc.name}: {sc.schedule.name}, pp={result.ranks}, {sc.microbatches} micro-batches, "
              f"{result.workload.schedule.num_stages} stages, step {result.makespan * 1e3:.1f} ms "
              f"(simulated), device {result.device_bytes / GIB:g} GiB"
@@ -30,7 +31,12 @@ def peak_table(result) -> str:
                 f"{result.capacity_bytes / GIB:g} GiB usable" if result.reserve_bytes else "")]
     lines += aligned(head, rows)
     lines.append("(GiB = 2**30 bytes; 'transient' = workspace + a2a + gather of the running layer; "
-                 "'other' = logits, p2p, comm buffers, fragmentation; * = peak rank)")
+                 "'other' = logits, p2p, comm buffers, fragmentation; 'resident' = micro-batches whose "
+                 "activations are held at the peak, +kW awaiting their weight gradient; * = peak rank)")
+    cf = closed_form(result, result.peak_rank)
+    if cf:
+        lines.append(f"resident at the peak rank's peak: {column(result.live_at_peak(result.peak_rank))}; "
+                     f"closed form {cf}")
     lines.append(verdict(result))
     return "\n".join(lines)
 

@@ -138,6 +138,11 @@ class Result:
         """Idle share of the step on this rank: 1 - busy / makespan."""
         return 1.0 - self.busy(rank) / self.makespan if self.makespan > 0 else 0.0
 
+    def live_at_peak(self, rank: int) -> list[dict]:
+        """The micro-batches whose activations are resident at the rank's peak (``pipesim.live``)."""
+        from pipesim.live import live_set
+        return live_set(self, rank, self.peaks[rank].time)
+
     def fits(self, rank: int) -> bool:
         return self.peaks[rank].bytes <= self.capacity_bytes
 
@@ -175,6 +180,7 @@ class Result:
                 "breakdown_bytes": p.breakdown,
                 "fits": p.bytes <= self.capacity_bytes,
                 "verdict": self.verdict(p.rank),
+                "live_at_peak": self.live_at_peak(p.rank),
                 "headroom_bytes": self.capacity_bytes - p.bytes,
                 "bubble_fraction": round(self.bubble_fraction(p.rank), 6),
             })

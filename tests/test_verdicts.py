@@ -65,3 +65,29 @@ def test_help_documents_the_exit_status(argv, capsys):
         main(argv)
     if argv == ["--help"]:
         assert "1 some rank does not fit" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name, expect", [
+    ("1f1b", lambda pp, r, m: pp - r),        # Narayanan et al. 2021: rank r warms up pp - r
+    ("gpipe", lambda pp, r, m: m),            # all forwards before any backward
+    ("dualpipe", lambda pp, r, m: pp + 1),    # the DualPipe README: PP + 1 at the overlapped step
+])
+def test_live_set_at_the_peak_matches_the_closed_form(name, expect):
+    res = result(**{"schedule.name": name})
+    pp, m = res.ranks, res.scenario.microbatches
+    for r in range(pp):
+        live = res.live_at_peak(r)
+        awaiting = [e for e in live if e["waits_for"] in ("F", "B")]
+        assert len(awaiting) == expect(pp, r, m), (name, r, live)
+        assert all(e["bytes"] > 0 for e in live)
+    assert res.summary()["ranks"][0]["live_at_peak"] == res.live_at_peak(0)
+
+
+def test_zb_h1_peak_holds_weight_gradient_inputs_for_deferred_ws():
+    res = result(**{"schedule.name": "zb-h1"})
+    live = res.live_at_peak(res.ranks - 1)
+    w = [e for e in live if e["waits_for"] == "W"]
+    assert w and all(e["bytes"] < res.workload.costs[e["stage"]].layers[0].stored_bytes * 10 for e in w)
+    # a W-waiter keeps only the weight inputs and output gradients of its stage's layers
+    stage = w[0]["stage"]
+    assert w[0]["bytes"] == sum(L.w_bytes + L.w_grad_outputs_bytes for L in res.workload.costs[stage].layers)
