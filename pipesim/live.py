@@ -83,3 +83,20 @@ def short(entries: list[dict]) -> str:
         counts[e["waits_for"]] = counts.get(e["waits_for"], 0) + 1
     parts = [f"{n} {'in F' if k == 'F' else 'wait for ' + k}" for k, n in sorted(counts.items())]
     return f"{len(entries)} resident" + (f" ({', '.join(parts)})" if parts else "")
+
+
+def by_module(result, entries: list[dict]) -> dict[str, int]:
+    """The resident activations at a moment by model module (attention, experts, router, ...):
+    each entry awaiting F or B holds its stage's stored tensors (``stored_by_module`` of the
+    model's tensor list); one awaiting W holds the weight-gradient inputs and output gradients,
+    counted as "awaiting W". An entry still in F is counted whole (an upper bound)."""
+    out: dict[str, int] = {}
+    costs = result.workload.costs
+    for e in entries:
+        if e["waits_for"] == "W":
+            out["awaiting W"] = out.get("awaiting W", 0) + e["bytes"]
+            continue
+        for L in costs[e["stage"]].layers:
+            for mod, n in L.stored_by_module.items():
+                out[mod] = out.get(mod, 0) + n
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))

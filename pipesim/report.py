@@ -33,6 +33,10 @@ def peak_table(result) -> str:
     lines.append("(GiB = 2**30 bytes; 'transient' = workspace + a2a + gather of the running layer; "
                  "'other' = logits, p2p, comm buffers, fragmentation; 'resident' = micro-batches whose "
                  "activations are held at the peak, +kW awaiting their weight gradient; * = peak rank)")
+    mods = result.activations_by_module(result.peak_rank)
+    total = sum(mods.values()) or 1
+    lines.append("activations at the peak rank's peak by module: " + ", ".join(
+        f"{k} {v / GIB:.2f} GiB ({v / total:.0%})" for k, v in list(mods.items())[:6]))
     cf = closed_form(result, result.peak_rank)
     if cf:
         lines.append(f"resident at the peak rank's peak: {column(result.live_at_peak(result.peak_rank))}; "

@@ -143,6 +143,11 @@ class Result:
         from pipesim.live import live_set
         return live_set(self, rank, self.peaks[rank].time)
 
+    def activations_by_module(self, rank: int) -> dict[str, int]:
+        """The resident activations at the rank's peak by model module (``pipesim.live``)."""
+        from pipesim.live import by_module
+        return by_module(self, self.live_at_peak(rank))
+
     def fits(self, rank: int) -> bool:
         return self.peaks[rank].bytes <= self.capacity_bytes
 
@@ -181,6 +186,7 @@ class Result:
                 "fits": p.bytes <= self.capacity_bytes,
                 "verdict": self.verdict(p.rank),
                 "live_at_peak": self.live_at_peak(p.rank),
+                "activations_by_module_at_peak": self.activations_by_module(p.rank),
                 "headroom_bytes": self.capacity_bytes - p.bytes,
                 "bubble_fraction": round(self.bubble_fraction(p.rank), 6),
             })

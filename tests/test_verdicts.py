@@ -91,3 +91,13 @@ def test_zb_h1_peak_holds_weight_gradient_inputs_for_deferred_ws():
     # a W-waiter keeps only the weight inputs and output gradients of its stage's layers
     stage = w[0]["stage"]
     assert w[0]["bytes"] == sum(L.w_bytes + L.w_grad_outputs_bytes for L in res.workload.costs[stage].layers)
+
+
+def test_activations_by_module_at_the_peak_add_up_to_the_live_set():
+    for name in ("1f1b", "zb-h1"):
+        res = result(**{"schedule.name": name})
+        for r in range(res.ranks):
+            live, mods = res.live_at_peak(r), res.activations_by_module(r)
+            assert sum(mods.values()) == sum(e["bytes"] for e in live)
+            assert set(mods) <= {"mla", "mlp", "moe", "router", "experts", "shared", "embedding",
+                                 "head", "awaiting W"}
