@@ -248,7 +248,8 @@ def _score(args) -> int:
         raise UsageError(f"--max-error: must be a percentage >= 0, got {args.max_error}")
     sc = load_scenario(args.scenario, parse_sets(args.set))
     measured = [read(path) for path in args.measured]
-    s = score(simulate(sc), measured)
+    cats = tuple(c.strip() for c in args.category.split(",") if c.strip()) if args.category else None
+    s = score(simulate(sc), measured, cats)
     if args.json:
         print(report.json_text(s), end="")
     else:
@@ -331,6 +332,9 @@ def parser() -> argparse.ArgumentParser:
                    "the content, a rankN in the file name, or the argument position)")
     k.add_argument("--max-error", type=float, metavar="PCT", help="exit 1 if any rank's |peak error| exceeds PCT percent")
     k.add_argument("--json", action="store_true", help="print score.json instead of the table")
+    k.add_argument("--category", metavar="CATS",
+                   help="compare only these predicted categories (comma list, e.g. activations,logits) "
+                        "with a measurement of that memory alone")
     k.add_argument("-o", "--output", help="output folder (default results/<scenario name>-score)")
     _add_set(k)
     k.set_defaults(func=_score)

@@ -336,3 +336,29 @@ def test_cli_score_garbage_is_one_error_line_and_status_2(tmp_path, capsys):
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: {garbage}: ") and "time_s,rank,bytes" in err[0]
     assert not out_dir.exists()
+
+
+def test_category_scores_one_kind_of_memory_against_the_real_pipeline_run(capsys):
+    # benchmarks/results/pipeline_1f1b_saved.csv: the saved-activation bytes recorded on each rank
+    # of the CPU pipeline run (benchmarks/fidelity/pipeline.py); pipesim's activations + logits
+    # on the same scenario peak at the same bytes (the run matched to the byte)
+    root = Path(__file__).resolve().parents[1]
+    from pipesim.cli import main
+    args = ["score", str(root / "scenarios" / "fidelity_pipeline.toml"),
+            str(root / "benchmarks" / "results" / "pipeline_1f1b_saved.csv"),
+            "--category", "activations,logits", "--json", "--max-error", "1"]
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        assert main(args + ["-o", d]) == 0
+    s = json.loads(capsys.readouterr().out)
+    rows = s["ranks"] if "ranks" in s else s["rows"]
+    assert len(rows) == 4
+
+
+def test_unknown_category_is_refused(tmp_path, capsys):
+    root = Path(__file__).resolve().parents[1]
+    from pipesim.cli import main
+    assert main(["score", str(root / "scenarios" / "fidelity_pipeline.toml"),
+                 str(root / "benchmarks" / "results" / "pipeline_1f1b_saved.csv"),
+                 "--category", "activation", "-o", str(tmp_path / "o")]) == 2
+    assert "--category: 'activation' is not a memory category" in capsys.readouterr().err

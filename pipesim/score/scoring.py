@@ -128,11 +128,17 @@ def _merge(measures: list[RankMeasure]) -> RankMeasure:
     return RankMeasure(top(m.peak_allocated for m in measures), top(m.peak_reserved for m in measures))
 
 
-def predicted_curve(result, rank: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(u, allocated)``: the rank's allocated bytes (no fragmentation) after each ledger
-    record, ``u`` the record's time as a fraction of the step."""
+def predicted_curve(result, rank: int, categories: tuple[str, ...] | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """``(u, allocated)``: the rank's allocated bytes (no fragmentation; or only ``categories``)
+    after each ledger record, ``u`` the record's time as a fraction of the step."""
+    from pipesim.memory import CAT
+
     times, levels = result.timeline(rank)
-    allocated = levels[:, :-1].sum(axis=1)      # the last column is fragmentation
+    if categories:
+        allocated = levels[:, [CAT[c] for c in categories]].sum(axis=1)
+    else:
+        allocated = levels[:, :-1].sum(axis=1)      # the last column is fragmentation
     span = result.makespan
     return (times / span if span > 0 else np.zeros_like(times)), allocated
 
@@ -159,8 +165,17 @@ def _error(pred: int, meas: int | None) -> float | None:
     return None if not meas else (pred - meas) / meas * 100.0
 
 
-def score(result, measured: list[Measured]) -> Score:
-    """Score ``result`` (a ``pipesim.Result``) against the measured files."""
+def score(result, measured: list[Measured], categories: tuple[str, ...] | None = None) -> Score:
+    """Score ``result`` (a ``pipesim.Result``) against the measured files.
+
+    ``categories`` (e.g. ``("activations", "logits")``) compares only those categories of the
+    prediction — their peak and their curve — with the measurement, for a run that recorded
+    one kind of memory (saved activations, say) rather than the allocator's total."""
+    from pipesim.memory import CAT
+
+    for c in categories or ():
+        if c not in CAT:
+            raise ScoreError(f"--category: {c!r} is not a memory category; allowed: {', '.join(CAT)}")
     assigned = assign_ranks(measured, result.scenario)
     if not assigned:
         raise ScoreError("no measured rank to score: give at least one file")
@@ -169,11 +184,13 @@ def score(result, measured: list[Measured]) -> Score:
     for r, a in assigned.items():
         peak = result.peaks[r]
         pred_alloc = peak.bytes - peak.breakdown.get("fragmentation", 0)
+        if categories:
+            pred_alloc = int(predicted_curve(result, r, categories)[1].max(initial=0))
         m = a.measure
         curve = None
         mc = measured_curve(m)
         if mc is not None and m.peak_allocated:
-            pu, pv = predicted_curve(result, r)
+            pu, pv = predicted_curve(result, r, categories)
             diff = np.abs(sample(pu, pv, grid) - sample(*mc, grid))
             curve = float(diff.mean()) / m.peak_allocated * 100.0
         rows.append(RankScore(r, a.source, pred_alloc, m.peak_allocated, _error(pred_alloc, m.peak_allocated),
