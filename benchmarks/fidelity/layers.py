@@ -8,7 +8,7 @@ backward_transient (10%). Error % = (predicted − measured) / measured.
 
 The grid: a base case (tiny preset, bf16, b=1, s=128, flash attention, no dropout, no
 recompute, fused SwiGLU, combine "output", unfused permutation, sigmoid router, FP32
-cross-entropy) and one variation at a time, each for the layer kinds it applies to.
+cross-entropy, no gradient-accumulation fusion) and one variation at a time, each for the layer kinds it applies to.
 
     python benchmarks/fidelity/layers.py [--tensors] [--cross-check] [--sdpa] [--only NAME ...]
 
@@ -44,9 +44,12 @@ RESULTS = Path(__file__).resolve().parents[1] / "results"
 TOLERANCE_PCT = {"module": 5.0, "stored": 2.0, "forward_peak": 10.0, "backward_peak": 10.0}
 DTYPES = {"bf16": (torch.bfloat16, 2), "fp32": (torch.float32, 4)}
 
+# te_wgrad_placeholders=False: the harness does not fuse weight-gradient accumulation, so
+# autograd materialises every weight gradient before adding it to .grad (see README.md)
 BASE_TRAINING = dict(micro_batch_size=1, seq_len=128, attention="flash", dropout=0.0,
                      recompute="none", recompute_granularity="layer", swiglu_fusion=True,
-                     moe_combine="output", moe_permute_fusion=False, cross_entropy="fp32")
+                     moe_combine="output", moe_permute_fusion=False, cross_entropy="fp32",
+                     te_wgrad_placeholders=False)
 BASE_MODEL = dict(router="sigmoid")
 LAYERS = ("dense", "moe")
 ALL = ("dense", "moe", "head", "embedding")

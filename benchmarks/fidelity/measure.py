@@ -16,8 +16,10 @@ Live bytes (``LiveBytes``): a TorchDispatchMode that records, after every aten o
 storage that is new (not an input's storage, not a parameter or gradient) with a weak
 reference, and sweeps expired ones before every op; live bytes are the sum of tracked storages
 still alive, the peak is taken after each op with its inputs still alive. Kernel-internal
-scratch buffers (allocated inside one op and freed before it returns) are not seen; the
-profiler cross-check (``profiler_live_bytes``, torch.profiler with profile_memory=True, which
+scratch buffers (allocated inside one op and freed before it returns) are not seen, and the
+harness's fused kernels (custom Functions, ``torch_model.kernel``) count as one op each: their
+CPU scratch is freed by the time the peak is taken at their return; the profiler cross-check
+(``profiler_live_bytes``, torch.profiler with profile_memory=True, which
 sees every allocation of PyTorch's CPU allocator) shows how much that is.
 
     from fidelity.measure import measure
@@ -180,6 +182,9 @@ class LiveBytes(TorchDispatchMode):
     after each op, its inputs still alive), ``peak_op`` the op at that moment and, after a
     ``reset_peak``, ``peak_new`` the storages allocated since the reset that were alive then, as (op, shape, dtype, bytes,
     allocation number; see ``allocation``).
+    Inside a fused kernel (``torch_model.in_kernel``) no peak is taken: the kernel's scratch lives
+    in registers and shared memory on a GPU; the peak is taken when the kernel returns, with its
+    outputs and its inputs alive (the op is then named by the kernel, e.g. "SwiGLU.backward").
     Outputs that share an input's storage (views, in-place ops, gradient accumulation into
     ``.grad``) and storages in ``exclude`` (``_cdata`` of parameters and gradients) are not new
     allocations and are not counted.
@@ -210,11 +215,28 @@ class LiveBytes(TorchDispatchMode):
             self._live[c] = (StorageWeakRef(st), n, info, self._count)
             self._count += 1
             self.bytes += n
+        if not torch_model.in_kernel():     # inside a fused kernel: at the kernel's return
+            self._update_peak(str(func))
+        return out
+
+    def _update_peak(self, op: str) -> None:
         if self.bytes > self.peak:
-            self.peak, self.peak_op = self.bytes, str(func)
+            self.peak, self.peak_op = self.bytes, op
             if self._mark:                  # composition only after a reset (the backward's)
                 self.peak_new = [info for _, _, info, i in self._live.values() if i >= self._mark]
-        return out
+
+    def _kernel_returned(self, name: str) -> None:
+        """A fused kernel returned: its scratch is freed, its outputs and inputs alive."""
+        self.sweep()
+        self._update_peak(name)
+
+    def __enter__(self):
+        torch_model.kernel_listeners.append(self._kernel_returned)
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        torch_model.kernel_listeners.remove(self._kernel_returned)
+        return super().__exit__(*exc)
 
     def allocation(self, t: torch.Tensor) -> int | None:
         """The allocation number of t's storage while it is tracked (unique within the mode)."""

@@ -30,15 +30,17 @@ Implementation choices (each decides what autograd keeps):
 - Fused kernels (RMSNorm, SwiGLU, permutation, cross-entropy, flash attention) work in row
   blocks or tiles so that their scratch stays small, as a GPU kernel's does; without that, the
   FP32 temporaries of a Python implementation would dominate the transient peaks.
-- MoE combine without permute fusion: ``index_add``, which (PyTorch's derivative formula)
-  also saves its source, the weighted expert outputs; Megatron's unfused unpermute uses
-  ``scatter_add`` of an expanded index, which does not.
+- MoE combine without permute fusion: ``zeros.scatter_add_(0, tok.unsqueeze(1).expand(-1, h),
+  y_perm)``, as Megatron-Core's unfused ``unpermute`` (``moe_utils.py``) writes it; its backward
+  (a gather of the output gradient) needs only the index, which is the dispatch's token index
+  already kept. (``index_add`` would also save its source, the weighted expert outputs.)
 - Recompute "full": ``torch.utils.checkpoint`` (non-reentrant) around the layer
   (granularity "layer") or around each sublayer ("sublayer"); "selective": DeepSeek-V3's
   regions R1 attention norm + the linears reading it, R2 q/kv latent norms + up-projections +
-  rope + concatenation (the attention core is not recomputed), R3 FFN norm + the linears
-  reading it (dense fc1; or router + shared fc1), R4 SwiGLU + fc2 of the dense FFN, of every
-  routed expert and of the shared expert.
+  rope + concatenation + the attention core (recomputing the up-projections pays only if the
+  kernel's q, k, v go too: R2 keeps c_q, c_kv and k_pe, and W_O, outside it, the attention
+  output), R3 FFN norm + the linears reading it (dense fc1; or router + shared fc1), R4
+  SwiGLU + fc2 of the dense FFN, of every routed expert and of the shared expert.
 The other choices are given where they are made.
 
     from fidelity.torch_model import build_layer, make_inputs
@@ -46,6 +48,7 @@ The other choices are given where they are made.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from dataclasses import dataclass
 
@@ -130,12 +133,55 @@ def _dropout(x: torch.Tensor, p: float) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- fused kernels
 # The custom Functions stand for fused GPU kernels: they save what those kernels save, and they
-# compute in row blocks (``_blocks``) so that their scratch stays a small fraction of the tensors
-# they read and write, as a kernel's registers and shared memory do; their outputs are allocated
-# once, in the activation dtype.
+# compute in row blocks (``_blocks``) so that their CPU scratch stays a fraction of the tensors
+# they read and write; their outputs are allocated once, in the activation dtype. Each forward
+# and backward runs as one ``kernel`` call: a GPU kernel keeps its temporaries in registers and
+# shared memory, so a memory tracker counts only what survives the call (``in_kernel``,
+# ``kernel_listeners``).
 
 BLOCKS = 16          # row blocks per fused-kernel call: scratch ≈ 1/BLOCKS of one FP32 operand
 TILE = 32            # query and key tile of the flash-attention kernel
+
+_KERNEL_DEPTH = [0]
+kernel_listeners: list = []     # called with the kernel's name when a kernel call returns
+
+
+def in_kernel() -> bool:
+    """Whether a fused kernel (a custom Function's forward or backward) is running."""
+    return _KERNEL_DEPTH[0] > 0
+
+
+def _tell(name: str) -> None:
+    for listener in list(kernel_listeners):
+        listener(name)
+
+
+def kernel(fn):
+    """Mark a custom Function's forward or backward as one fused kernel call (see above). A
+    backward finds its saved tensors in ``ctx.unpacked``, unpacked before the kernel starts:
+    a recompute region that the unpacking re-runs is ordinary ops, not the kernel's scratch."""
+    name = fn.__qualname__
+
+    @functools.wraps(fn)
+    def call(ctx, *args):
+        if fn.__name__ == "backward":
+            ctx.unpacked = ctx.saved_tensors
+        _KERNEL_DEPTH[0] += 1
+        try:
+            out = fn(ctx, *args)
+        finally:
+            _KERNEL_DEPTH[0] -= 1
+            ctx.unpacked = None     # the node outlives its backward: let go of the tensors
+        if not _KERNEL_DEPTH[0]:
+            _tell(name)
+        return out
+    return call
+
+
+def kernel_moment(name: str) -> None:
+    """Inside a kernel: its global buffers (not scratch) are all allocated now; a tracker takes
+    its peak here too."""
+    _tell(name)
 
 
 def _blocks(n: int, parts: int = BLOCKS):
@@ -157,6 +203,7 @@ class RMSNorm(torch.autograd.Function):
     """y = x / rms(x) · w in FP32, written in x's dtype; saves x, 1/rms (FP32) and w."""
 
     @staticmethod
+    @kernel
     def forward(ctx, x, weight, eps):
         x2 = x.reshape(-1, x.shape[-1])
         y = torch.empty_like(x2)
@@ -172,8 +219,9 @@ class RMSNorm(torch.autograd.Function):
         return y.view(x.shape)
 
     @staticmethod
+    @kernel
     def backward(ctx, dy):
-        x, rstd, weight = ctx.saved_tensors
+        x, rstd, weight = ctx.unpacked
         x2, dy2, r2 = x.reshape(-1, x.shape[-1]), dy.reshape(-1, x.shape[-1]), rstd.reshape(-1)
         dx = torch.empty_like(x2)
         dw = torch.zeros(x.shape[-1], dtype=rstd.dtype)
@@ -203,6 +251,7 @@ class SwiGLU(torch.autograd.Function):
     SwiGLU-with-probabilities kernels)."""
 
     @staticmethod
+    @kernel
     def forward(ctx, h1, w=None):
         ctx.save_for_backward(h1, w)
         width = h1.shape[-1] // 2
@@ -215,8 +264,9 @@ class SwiGLU(torch.autograd.Function):
         return out.view(*h1.shape[:-1], width)
 
     @staticmethod
+    @kernel
     def backward(ctx, g):
-        h1, w = ctx.saved_tensors
+        h1, w = ctx.unpacked
         h2, g2 = h1.reshape(-1, h1.shape[-1]), g.reshape(-1, g.shape[-1])
         dh1 = torch.empty_like(h2)
         dw = None if w is None else torch.empty_like(w)
@@ -234,14 +284,16 @@ class Permute(torch.autograd.Function):
     saves only the int32 row map."""
 
     @staticmethod
+    @kernel
     def forward(ctx, x, w_flat, row_map, k):
         ctx.save_for_backward(row_map)
         ctx.k, ctx.tokens = k, x.shape[0]
         return x.index_select(0, torch.div(row_map, k, rounding_mode="floor")), w_flat.index_select(0, row_map)
 
     @staticmethod
+    @kernel
     def backward(ctx, dx_perm, dw_perm):
-        (row_map,) = ctx.saved_tensors
+        (row_map,) = ctx.unpacked
         tok = torch.div(row_map, ctx.k, rounding_mode="floor")
         dx = dx_perm.new_zeros(ctx.tokens, dx_perm.shape[1]).index_add_(0, tok, dx_perm)
         dw = None if dw_perm is None else dw_perm.new_zeros(ctx.tokens * ctx.k).index_add_(0, row_map, dw_perm)
@@ -252,6 +304,7 @@ class Unpermute(torch.autograd.Function):
     """Fused combine (TE's moe_unpermute): sums each token's expert rows; saves the row map."""
 
     @staticmethod
+    @kernel
     def forward(ctx, y_perm, row_map, tokens, k):
         ctx.save_for_backward(row_map)
         ctx.k = k
@@ -259,8 +312,9 @@ class Unpermute(torch.autograd.Function):
         return y_perm.new_zeros(tokens, y_perm.shape[1]).index_add_(0, tok, y_perm)
 
     @staticmethod
+    @kernel
     def backward(ctx, dy):
-        (row_map,) = ctx.saved_tensors
+        (row_map,) = ctx.unpacked
         return dy.index_select(0, torch.div(row_map, ctx.k, rounding_mode="floor")), None, None, None
 
 
@@ -271,6 +325,7 @@ class FusedCrossEntropy(torch.autograd.Function):
     it in place by the loss gradient and hands it on (no new tensor)."""
 
     @staticmethod
+    @kernel
     def forward(ctx, logits, targets):
         T = logits.shape[0]
         grad = torch.empty_like(logits)
@@ -285,8 +340,9 @@ class FusedCrossEntropy(torch.autograd.Function):
         return loss / T
 
     @staticmethod
+    @kernel
     def backward(ctx, dloss):
-        (grad,) = ctx.saved_tensors
+        (grad,) = ctx.unpacked
         if dloss.item() != 1.0:           # a loss gradient of 1 (loss.backward()) leaves it as is
             grad.mul_(dloss.to(grad.dtype))
         return grad, None
@@ -298,9 +354,11 @@ class FlashAttention(torch.autograd.Function):
     s×s tensor exists; saves q, k, v, the output and the FP32 log-sum-exp [b, n_h, s], as
     PyTorch's flash node does. The output is laid out in memory as [b, s, n_h, d_v] (CUDA
     kernels' layout). Backward allocates, as FlashAttention-2's does, the FP32 row sums
-    D = rowsum(dO·O) and an FP32 dQ accumulator besides dQ, dK, dV."""
+    D = rowsum(dO·O) and an FP32 dQ accumulator besides dQ, dK, dV: global buffers, so the
+    memory tracker sees them (``kernel_moment``) while the tiles' scratch stays hidden."""
 
     @staticmethod
+    @kernel
     def forward(ctx, q, k, v, scale):
         b, nh, s, _ = q.shape
         o = q.new_empty(b, s, nh, v.shape[-1]).transpose(1, 2)
@@ -327,14 +385,16 @@ class FlashAttention(torch.autograd.Function):
         return o
 
     @staticmethod
+    @kernel
     def backward(ctx, do):
-        q, k, v, o, lse = ctx.saved_tensors
+        q, k, v, o, lse = ctx.unpacked
         scale, s = ctx.scale, q.shape[2]
         rows = torch.empty_like(lse)                      # D = rowsum(dO · O)
         for i0 in range(0, s, TILE):
             rows[:, :, i0:i0 + TILE] = (_acc(do[:, :, i0:i0 + TILE]) * _acc(o[:, :, i0:i0 + TILE])).sum(-1)
-        dq = torch.zeros(q.shape, dtype=lse.dtype)
-        dk, dv = torch.empty_like(k), torch.empty_like(v)
+        dq = torch.zeros(q.shape, dtype=lse.dtype)        # FP32 accumulator (dq_accum)
+        dq_out, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        kernel_moment("FlashAttention.backward")          # dq, dk, dv, the FP32 dq and D all live
         for j0 in range(0, s, TILE):
             j1 = min(j0 + TILE, s)
             kj, vj = _acc(k[:, :, j0:j1]), _acc(v[:, :, j0:j1])
@@ -348,7 +408,8 @@ class FlashAttention(torch.autograd.Function):
                 dq[:, :, i0:i1] += (ds @ kj) * scale
                 dkj += (ds.transpose(-1, -2) @ qi) * scale
             dk[:, :, j0:j1], dv[:, :, j0:j1] = dkj, dvj
-        return dq.to(q.dtype), dk, dv, None
+        dq_out.copy_(dq)
+        return dq_out, dk, dv, None
 
 
 def _tile_scores(qi, k, i0, j0, j1, scale):
@@ -445,7 +506,7 @@ class MLA(_Part):
         return first, F.linear(x_n, self.w_dkv), F.linear(x_n, self.w_kr)
 
     def up(self, first, c_kv, k_pe):
-        """R2: the latent norms, the up-projections, rope and the concatenations."""
+        """The latent norms, the up-projections, rope and the concatenations."""
         b, s = first.shape[:2]
         nh, dh, dr = self.nh, self.dh, self.dr
         q = F.linear(_norm(first, self.q_norm), self.w_uqr) if self.dcq else first
@@ -456,6 +517,21 @@ class MLA(_Part):
         k = torch.cat([k_nope, self._rope(k_pe.unsqueeze(2)).expand(b, s, nh, dr)], -1)
         return q, k, v
 
+    def qkv(self, first, c_kv, k_pe):
+        """``up``, then q, k, v made contiguous [b, n_h, s, d] for the kernel; the intermediates
+        die on return, as the locals of Megatron's ``get_query_key_value_tensors`` do."""
+        q, k, v = self.up(first, c_kv, k_pe)
+        return tuple(t.transpose(1, 2).contiguous() for t in (q, k, v))
+
+    def context(self, out):
+        """The attention output [b, n_h, s, d_h] as W_O's input [b·s, n_h·d_h]."""
+        b, _, s, _ = out.shape
+        return out.transpose(1, 2).reshape(b * s, self.nh * self.dh)
+
+    def attend(self, first, c_kv, k_pe):
+        """R2: ``qkv`` and the attention core; returns W_O's input."""
+        return self.context(self.core(*self.qkv(first, c_kv, k_pe)))
+
     def core(self, q, k, v):
         if self.o.attention == "flash":
             if self.impl == "sdpa":
@@ -465,15 +541,22 @@ class MLA(_Part):
         probs = torch.softmax(scores.masked_fill(self.causal, float("-inf")), -1)
         return torch.matmul(_dropout(probs, self.o.dropout), v)
 
+    def attention(self, x):
+        """Everything but the dropout and residual add (Megatron's attention module)."""
+        b, s, h = x.shape
+        if self.o.recompute == "selective":
+            context = _ckpt(self.attend, *_ckpt(self.down, x))
+        else:
+            q, k, v = self.qkv(*self.down(x))       # the latents die here
+            # q, k, v live on through W_O, as in Megatron's attention forward
+            context = self.context(self.core(q, k, v))
+        return F.linear(context, self.w_o).view(b, s, h)
+
     def forward(self, x):
         with scope("mla"):
-            b, s, h = x.shape
-            sel = self.o.recompute == "selective"
-            lat = _ckpt(self.down, x) if sel else self.down(x)
-            q, k, v = _ckpt(self.up, *lat) if sel else self.up(*lat)
-            q, k, v = (t.transpose(1, 2).contiguous() for t in (q, k, v))
-            context = self.core(q, k, v).transpose(1, 2).reshape(b * s, self.nh * self.dh)
-            out = F.linear(context, self.w_o).view(b, s, h)
+            # the residual add runs once the attention's locals are gone; its output lives on
+            # through the dropout and the add (Megatron's layer and bias-dropout-add)
+            out = self.attention(x)
             return x + _dropout(out, self.o.dropout)
 
 
@@ -493,14 +576,19 @@ class DenseFFN(_Part):
         return F.linear(_norm(x, self.norm), self.fc1)
 
     def outer(self, h1):
-        """R4: SwiGLU and fc2."""
-        return F.linear(swiglu(h1, self.o.swiglu_fusion), self.fc2)
+        """R4: SwiGLU and fc2. fc1's output h1 is dropped once the activation has read it
+        (Megatron's MLP reassigns it): outside a checkpoint it lives on only if saved. The
+        callers pass it as a temporary, so this frame holds the last reference."""
+        act = swiglu(h1, self.o.swiglu_fusion)
+        del h1
+        return F.linear(act, self.fc2)
 
     def forward(self, x):
         with scope("mlp"):
-            sel = self.o.recompute == "selective"
-            h1 = _ckpt(self.inner, x) if sel else self.inner(x)
-            y = _ckpt(self.outer, h1) if sel else self.outer(h1)
+            if self.o.recompute == "selective":
+                y = _ckpt(self.outer, _ckpt(self.inner, x))
+            else:
+                y = self.outer(self.inner(x))
             return x + _dropout(y, self.o.dropout)
 
 
@@ -512,7 +600,7 @@ class MoEFFN(_Part):
     x_perm = x_n[token of pair], w_perm = weights[pair] by plain indexing (int64 indices kept)
     or by ``Permute`` (int32 row map kept); each expert fc1 → SwiGLU → fc2 on its contiguous
     slice, outputs concatenated in pair order; combine "output": y_perm·w_perm then summed per
-    token (``index_add`` or ``Unpermute``); "activation": w_perm multiplies the SwiGLU output
+    token (``scatter_add_`` or ``Unpermute``); "activation": w_perm multiplies the SwiGLU output
     before fc2 and the sum is unweighted. "shared": one SwiGLU MLP of width N_s·h_E on x_n,
     added. "moe": dropout, residual."""
 
@@ -532,14 +620,15 @@ class MoEFFN(_Part):
             self.sh_fc1 = self.matrix(2 * m.shared_experts * he, h)
             self.sh_fc2 = self.matrix(h, m.shared_experts * he)
 
-    def inner(self, x):
-        """R3: the MoE norm and the linears that read its output (router, shared fc1); returns
+    def inner(self, x, shared_fc1: bool):
+        """R3: the MoE norm and the linears that read its output (the router; with
+        ``shared_fc1`` the shared expert's fc1 too, as selective recompute groups them); returns
         the normed tensor too, for the dispatch."""
         with scope("moe"):
             x_n = _norm(x, self.norm)
         with scope("router"):
             logits = F.linear(x_n, self.router)
-        if not self.shared:
+        if not (self.shared and shared_fc1):
             return x_n, logits
         with scope("shared"):
             return x_n, logits, F.linear(x_n, self.sh_fc1)
@@ -556,12 +645,17 @@ class MoEFFN(_Part):
         return w.to(self.dtype), idx
 
     def expert(self, e, h1, w):
-        """R4 of routed expert e: SwiGLU (weighted with combine "activation") and fc2."""
-        return F.linear(swiglu(h1, self.o.swiglu_fusion, w), self.fc2[e])
+        """R4 of routed expert e: SwiGLU (weighted with combine "activation") and fc2; h1
+        dropped as in ``DenseFFN.outer``."""
+        act = swiglu(h1, self.o.swiglu_fusion, w)
+        del h1
+        return F.linear(act, self.fc2[e])
 
     def shared_out(self, h1):
-        """R4 of the shared expert."""
-        return F.linear(swiglu(h1, self.o.swiglu_fusion), self.sh_fc2)
+        """R4 of the shared expert; h1 dropped as in ``DenseFFN.outer``."""
+        act = swiglu(h1, self.o.swiglu_fusion)
+        del h1
+        return F.linear(act, self.sh_fc2)
 
     def dispatch_combine(self, x_n, w, idx):
         b, s, h = x_n.shape
@@ -578,30 +672,40 @@ class MoEFFN(_Part):
             x_perm, w_perm = x_flat[tok], w.reshape(-1)[order]
         outs = []
         for e, (xe, we) in enumerate(zip(x_perm.split(counts), w_perm.split(counts))):
-            h1 = F.linear(xe, self.fc1[e])
             we = we if o.moe_combine == "activation" else None
-            outs.append(_ckpt(self.expert, e, h1, we) if sel else self.expert(e, h1, we))
+            if sel:
+                outs.append(_ckpt(self.expert, e, F.linear(xe, self.fc1[e]), we))
+            else:
+                outs.append(self.expert(e, F.linear(xe, self.fc1[e]), we))
+        # one buffer of expert outputs, as a grouped GEMM writes it (Megatron's SequentialMLP
+        # concatenates and returns, freeing the per-expert outputs before the unpermute)
         y_perm = torch.cat(outs)
+        del outs
         if o.moe_combine == "output":
             y_perm = y_perm * w_perm.unsqueeze(-1)
         if o.permute_fusion:
             y = Unpermute.apply(y_perm, row_map, T, k)
         else:
-            y = y_perm.new_zeros(T, h).index_add(0, tok, y_perm)
+            # Megatron-Core's unfused unpermute: backward gathers dy with the index alone
+            y = y_perm.new_zeros(T, h).scatter_add_(0, tok.unsqueeze(1).expand(-1, h), y_perm)
         return y.view(b, s, h)
 
     def forward(self, x):
         sel = self.o.recompute == "selective"
         with scope("moe"):
-            parts = _ckpt(self.inner, x) if sel else self.inner(x)
-        x_n, logits = parts[0], parts[1]
+            parts = _ckpt(self.inner, x, True) if sel else self.inner(x, False)
+        x_n, shared_h1 = parts[0], parts[2] if len(parts) > 2 else None
         with scope("router"):
-            w, idx = self.route(logits)
+            w, idx = self.route(parts[1])
+        del parts                           # the router's logits are dropped once routed
         with scope("experts"):
             y = self.dispatch_combine(x_n, w, idx)
-        if self.shared:
+        if self.shared:                     # after the routed experts, as Megatron's MoE layer runs it
             with scope("shared"):
-                y = y + (_ckpt(self.shared_out, parts[2]) if sel else self.shared_out(parts[2]))
+                if sel:
+                    y = y + _ckpt(self.shared_out, shared_h1)
+                else:
+                    y = y + self.shared_out(F.linear(x_n, self.sh_fc1))
         with scope("moe"):
             return x + _dropout(y, self.o.dropout)
 

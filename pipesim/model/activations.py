@@ -24,7 +24,7 @@ from pipesim.model import inventory_paper as paper
 from pipesim.model.config import ModelConfig, ParallelConfig, TrainingConfig
 from pipesim.model.params import attention_matrices
 from pipesim.model.tensors import Shape, Tensor, shape, vocab_shard
-from pipesim.model.transients import working_sets
+from pipesim.model.transients import peaks, working_sets
 
 __all__ = ["LayerActivations", "Tensor", "boundary_bytes", "keep_names", "kept", "layer_activations",
            "layer_tensors", "shape", "tensor_listing", "vocab_shard"]
@@ -151,7 +151,9 @@ def layer_activations(m: ModelConfig, p: ParallelConfig, t: TrainingConfig,
     w_recompute = Σ recomputed W tensors (rebuilt again by a deferred W)
     w_grad_outputs = a' · Σ_matmuls tokens·columns (``_linear_outputs``; the head's at a)
     recompute   = Σ recomputed tensors (re-materialised during B; 0 for recompute none)
-    forward_transient  = recompute + the forward working set (dropped tensors exist during F)
+    forward_transient  = paper: recompute + the forward working set (dropped tensors exist
+                         during F); framework: F's measured working set beyond the stored
+                         tensors (``transients.peaks``), recomputed tensors included as they live
     backward_transient = the backward working set (``pipesim.model.transients``)
     a2a         = ``_a2a_bytes``
     """
@@ -172,12 +174,15 @@ def layer_activations(m: ModelConfig, p: ParallelConfig, t: TrainingConfig,
         w += sum(x.nbytes for x, s in zip(tensors, st)
                  if s == "stored" and x.checkpoint and not x.weight_input and x.module != "loss")
     fwd, bwd = working_sets(m, p, t, g, kind, tensors, st)
+    # paper: the dropped tensors are all held during F; framework: measured, they never all
+    # coexist (a recompute region frees as it goes), so F holds its working set alone
+    forward = dropped + fwd if t.inventory == "paper" else peaks(m, p, t, g, kind, tensors, st).forward
     # with FP8 training the weight-gradient GEMM takes its output gradient in FP8 too
     # (DeepSeek-V3 Figure 6), so a deferred W keeps dY at a' (the output head stays in BF16)
     head_dy = g.T * vocab_shard(m, p) if kind in ("head", "mtp") else 0
     dy = g.a8 * (_linear_outputs(m, p, g, kind) - head_dy) + g.a * head_dy
     return LayerActivations(by_module, stored, w, dy, w_dropped,
-                            dropped, dropped + fwd, bwd, _a2a_bytes(m, g, t, kind))
+                            dropped, forward, bwd, _a2a_bytes(m, g, t, kind))
 
 
 def tensor_listing(m: ModelConfig, p: ParallelConfig, t: TrainingConfig, kind: str) -> list[dict]:

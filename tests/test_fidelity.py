@@ -1,0 +1,265 @@
+"""The PyTorch fidelity harness (benchmarks/fidelity): its own checks, then pipesim's activation
+model against it over the grid of ``fidelity.layers`` (stored bytes per layer within 2%, per
+module within 5%, transient peaks within 10%).
+
+    python -m pytest tests/test_fidelity.py -q
+"""
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch", reason="the fidelity harness needs torch: pip install -e '.[fidelity]'")
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import torch.nn.functional as F                              # noqa: E402
+
+from fidelity import layers, measure, torch_model          # noqa: E402
+from pipesim.model import load_preset                      # noqa: E402
+from pipesim.model.config import TrainingConfig            # noqa: E402
+
+f64 = torch.float64
+
+
+def _rand(*shape, gen, dtype=f64):
+    return torch.randn(*shape, generator=gen, dtype=dtype).requires_grad_()
+
+
+def _same_grads(custom, plain, inputs, gen):
+    """The custom Function and the plain formula agree in value and in every input gradient,
+    for a random output gradient; and the custom one passes gradcheck."""
+    out_c, out_p = custom(*inputs), plain(*inputs)
+    torch.testing.assert_close(out_c, out_p)
+    g = torch.randn(out_p.shape, generator=gen, dtype=out_p.dtype)
+    diff = [x for x in inputs if isinstance(x, torch.Tensor) and x.requires_grad]
+    grads_c = torch.autograd.grad(custom(*inputs), diff, g)
+    grads_p = torch.autograd.grad(plain(*inputs), diff, g)
+    for a, b in zip(grads_c, grads_p):
+        torch.testing.assert_close(a, b)
+    assert torch.autograd.gradcheck(custom, inputs)
+
+
+# --------------------------------------------------------------------------- custom Functions
+
+def test_rmsnorm_gradients():
+    gen = torch.Generator().manual_seed(0)
+    x, w = _rand(2, 5, 8, gen=gen), _rand(8, gen=gen)
+
+    def plain(x, w):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + torch_model.EPS) * w
+
+    _same_grads(lambda x, w: torch_model.RMSNorm.apply(x, w, torch_model.EPS), plain, (x, w), gen)
+
+
+def test_swiglu_gradients():
+    gen = torch.Generator().manual_seed(1)
+    h1 = _rand(7, 10, gen=gen)
+
+    def plain(h1):
+        gate, up = h1.chunk(2, -1)
+        return F.silu(gate) * up
+
+    _same_grads(lambda h1: torch_model.SwiGLU.apply(h1), plain, (h1,), gen)
+
+
+def test_weighted_swiglu_gradients():
+    gen = torch.Generator().manual_seed(2)
+    h1, w = _rand(7, 10, gen=gen), _rand(7, gen=gen)
+
+    def plain(h1, w):
+        gate, up = h1.chunk(2, -1)
+        return F.silu(gate) * up * w.unsqueeze(-1)
+
+    _same_grads(torch_model.SwiGLU.apply, plain, (h1, w), gen)
+
+
+def _routing(T=5, k=2, n=3, seed=3):
+    gen = torch.Generator().manual_seed(seed)
+    pairs = torch.randint(0, n, (T * k,), generator=gen)
+    return gen, T, k, torch.argsort(pairs, stable=True)
+
+
+def test_permute_gradients():
+    gen, T, k, order = _routing()
+    x, w = _rand(T, 4, gen=gen), _rand(T * k, gen=gen)
+
+    def custom(x, w):
+        xp, wp = torch_model.Permute.apply(x, w, order.to(torch.int32), k)
+        return torch.cat([xp, wp.unsqueeze(-1)], -1)
+
+    def plain(x, w):
+        return torch.cat([x[order // k], w[order].unsqueeze(-1)], -1)
+
+    _same_grads(custom, plain, (x, w), gen)
+
+
+def test_unpermute_gradients():
+    gen, T, k, order = _routing()
+    y = _rand(T * k, 4, gen=gen)
+    _same_grads(lambda y: torch_model.Unpermute.apply(y, order.to(torch.int32), T, k),
+                lambda y: torch.zeros(T, 4, dtype=f64).index_add(0, order // k, y), (y,), gen)
+
+
+def test_fused_cross_entropy_gradients():
+    gen = torch.Generator().manual_seed(4)
+    logits, targets = _rand(6, 5, gen=gen), torch.randint(0, 5, (6,), generator=gen)
+    _same_grads(lambda z: torch_model.FusedCrossEntropy.apply(z, targets),
+                lambda z: F.cross_entropy(z, targets), (logits,), gen)
+
+
+def test_flash_attention_gradients(monkeypatch):
+    monkeypatch.setattr(torch_model, "TILE", 4)       # several tiles, the last one partial
+    gen = torch.Generator().manual_seed(5)
+    b, nh, s, d, dv = 1, 2, 10, 4, 3
+    q, k, v = _rand(b, nh, s, d, gen=gen), _rand(b, nh, s, d, gen=gen), _rand(b, nh, s, dv, gen=gen)
+    scale = d ** -0.5
+
+    def plain(q, k, v):
+        scores = (q @ k.transpose(-1, -2)) * scale
+        mask = torch.ones(s, s, dtype=torch.bool).triu(1)
+        return torch.softmax(scores.masked_fill(mask, float("-inf")), -1) @ v
+
+    _same_grads(lambda q, k, v: torch_model.FlashAttention.apply(q, k, v, scale), plain, (q, k, v), gen)
+
+
+def test_flash_attention_refuses_dropout():
+    t = TrainingConfig(seq_len=16, attention="flash", dropout=0.1)
+    with pytest.raises(ValueError, match="dropout"):
+        torch_model.build_layer("dense", load_preset("tiny"), t)
+
+
+# --------------------------------------------------------------------------- recompute
+
+POLICIES = [("full", "layer"), ("full", "sublayer"), ("selective", "layer")]
+
+
+def _step(kind, t, dtype=torch.bfloat16):
+    layer = torch_model.build_layer(kind, load_preset("tiny", router="sigmoid"), t, dtype)
+    (x,) = torch_model.make_inputs(layer)
+    torch.manual_seed(0)
+    out = layer(x)
+    out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(9)).to(out.dtype))
+    return out.detach(), x.grad, [p.grad for p in layer.parameters()]
+
+
+@pytest.mark.parametrize("attention,dropout", [("flash", 0.0), ("eager", 0.1)])
+@pytest.mark.parametrize("recompute,granularity", POLICIES)
+@pytest.mark.parametrize("kind", ["dense", "moe"])
+def test_recompute_gives_the_same_step(kind, recompute, granularity, attention, dropout):
+    base = dict(micro_batch_size=1, seq_len=64, attention=attention, dropout=dropout)
+    ref = _step(kind, TrainingConfig(**base, recompute="none"))
+    got = _step(kind, TrainingConfig(**base, recompute=recompute, recompute_granularity=granularity))
+    assert torch.equal(ref[0], got[0]), "forward output differs"
+    assert torch.equal(ref[1], got[1]), "input gradient differs"
+    for a, b in zip(ref[2], got[2]):
+        assert (a is None and b is None) or torch.equal(a, b), "a weight gradient differs"
+
+
+# --------------------------------------------------------------------------- closed forms
+
+class _Linear(torch.nn.Module):
+    def __init__(self, k, dtype):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(3, k, dtype=dtype))
+
+    def forward(self, x):
+        return F.linear(x * 2, self.w)          # x·2 is allocated in F; the scalar product saves nothing
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("n,k", [(7, 5), (128, 256)])
+def test_linear_saves_its_input(n, k, dtype):
+    layer = _Linear(k, dtype)
+    tensors, lost, _ = measure.saved_tensors(layer, (torch.randn(n, k, dtype=dtype),))
+    assert not lost
+    assert [(x.op, x.shape, x.nbytes) for x in tensors] == [("MmBackward0", (n, k), n * k * dtype.itemsize)]
+
+
+def test_live_bytes_of_a_hand_built_sequence():
+    u8 = torch.uint8
+    with measure.LiveBytes() as t:
+        a = torch.empty(1000, dtype=u8)           # live 1000
+        b = torch.empty(3000, dtype=u8)           # 4000: the peak
+        del a
+        c = torch.empty(500, dtype=u8)            # 3500 (a swept before c is counted)
+        view = b[:10]                             # a view: no new storage
+        b.add_(1)                                 # in place: none
+        d = c + 1                                 # 4000 again, with its input c alive
+        del b, view
+        e = torch.empty(2000, dtype=u8)           # 500 + 500 + 2000 = 3000
+        assert (t.sweep(), t.peak) == (3000, 4000)
+        del c, d, e
+        assert t.sweep() == 0
+
+
+def test_live_bytes_exclude_given_storages():
+    w = torch.zeros(100)
+    with measure.LiveBytes(exclude={w.untyped_storage()._cdata}) as t:
+        w.add_(1)
+        y = torch.ones(10)
+        assert t.sweep() == 40
+    del y
+
+
+@pytest.mark.parametrize("kind", ["dense", "moe", "head"])
+def test_tracker_agrees_with_the_profiler(kind):
+    """In FP32 without checkpoints every allocation is an op output, so the dispatch-mode
+    tracker and the profiler's allocator events must give the same four numbers (bf16 GEMMs on
+    CPU add packing scratch inside aten::mm that only the profiler sees)."""
+    t = TrainingConfig(micro_batch_size=1, seq_len=64, attention="flash", recompute="none")
+    r = measure.measure(kind, load_preset("tiny"), t, torch.float32, profiler=True)
+    four = ("forward_peak", "forward_end", "backward_peak", "backward_end")
+    assert [getattr(r.live, q) for q in four] == [getattr(r.profiler, q) for q in four]
+
+
+CASES = layers.cases()
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.label for c in CASES])
+def test_forward_end_is_saved_plus_output(case):
+    """What is still live after F is exactly what autograd saved during F and the output."""
+    m = layers.measured(case)
+    assert not m.unreachable
+    assert m.live.forward_end == m.stored_new + m.output_bytes
+
+
+# --------------------------------------------------------------------------- pipesim against the harness
+
+def _prediction(case):
+    p = layers.predicted(case)
+    if isinstance(p, str):
+        pytest.fail(f"pipesim could not predict {case.label}: {p}")
+    return p
+
+
+def _within(measured, predicted, pct):
+    return abs(predicted - measured) <= pct / 100 * measured
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.label for c in CASES])
+def test_stored_per_layer(case):
+    m, p = layers.measured(case), _prediction(case)
+    assert _within(m.stored, p.stored, 2), f"measured {m.stored}, predicted {p.stored}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.label for c in CASES])
+def test_stored_per_module(case):
+    m, p = layers.measured(case), _prediction(case)
+    bad = {x: (m.by_module.get(x, 0), p.by_module.get(x, 0)) for x in set(m.by_module) | set(p.by_module)
+           if not _within(m.by_module.get(x, 0), p.by_module.get(x, 0), 5)}
+    assert not bad, f"module: (measured, predicted) {bad}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.label for c in CASES])
+def test_forward_peak(case):
+    m, p = layers.measured(case), _prediction(case)
+    assert _within(m.live.forward_peak, p.forward_peak, 10), \
+        f"measured {m.live.forward_peak}, predicted stored + forward_transient {p.forward_peak}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.label for c in CASES])
+def test_backward_peak(case):
+    m, p = layers.measured(case), _prediction(case)
+    assert _within(m.live.backward_peak, p.backward_peak, 10), \
+        f"measured {m.live.backward_peak}, predicted recompute + backward_transient {p.backward_peak}"
