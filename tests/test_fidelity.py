@@ -193,6 +193,31 @@ def test_live_bytes_of_a_hand_built_sequence():
         assert t.sweep() == 0
 
 
+class _Kernel(torch.autograd.Function):
+    """A fused kernel with 4000 B of scratch and a 2000 B global buffer, returning 1000 B."""
+
+    @staticmethod
+    @torch_model.kernel
+    def forward(ctx, x):
+        scratch = torch.empty(4000, dtype=torch.uint8)
+        del scratch
+        buffer = torch.empty(2000, dtype=torch.uint8)
+        torch_model.kernel_moment("_Kernel.forward")
+        del buffer
+        return torch.empty(1000, dtype=torch.uint8)
+
+
+def test_live_bytes_count_a_fused_kernel_as_one_op():
+    """Inside a kernel no peak is taken (its scratch stands for registers and shared memory),
+    only at its kernel_moment and at its return."""
+    x = torch.zeros(1)
+    with measure.LiveBytes() as t:
+        y = _Kernel.apply(x)
+        assert (t.sweep(), t.peak, t.peak_op) == (1000, 2000, "_Kernel.forward")
+    del y
+    assert not torch_model.kernel_listeners
+
+
 def test_live_bytes_exclude_given_storages():
     w = torch.zeros(100)
     with measure.LiveBytes(exclude={w.untyped_storage()._cdata}) as t:

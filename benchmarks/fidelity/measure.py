@@ -17,10 +17,12 @@ storage that is new (not an input's storage, not a parameter or gradient) with a
 reference, and sweeps expired ones before every op; live bytes are the sum of tracked storages
 still alive, the peak is taken after each op with its inputs still alive. Kernel-internal
 scratch buffers (allocated inside one op and freed before it returns) are not seen, and the
-harness's fused kernels (custom Functions, ``torch_model.kernel``) count as one op each: their
-CPU scratch is freed by the time the peak is taken at their return; the profiler cross-check
-(``profiler_live_bytes``, torch.profiler with profile_memory=True, which
-sees every allocation of PyTorch's CPU allocator) shows how much that is.
+harness's fused kernels (custom Functions, ``torch_model.kernel``) count as one op each: the
+peak is taken when they return (and where they name a moment at which their global buffers
+all live, ``torch_model.kernel_moment``), so their CPU scratch, which a GPU kernel keeps in
+registers and shared memory, is not counted. The profiler cross-check
+(``profiler_live_bytes``, torch.profiler with profile_memory=True, which sees every allocation
+of PyTorch's CPU allocator) shows how much that is.
 
     from fidelity.measure import measure
     r = measure("moe", load_preset("tiny"), TrainingConfig(seq_len=128))

@@ -28,8 +28,19 @@ Implementation choices (each decides what autograd keeps):
   input is a view of it. ``attention_impl="sdpa"`` calls
   ``F.scaled_dot_product_attention(q, k, v, is_causal=True)`` instead, to measure that path.
 - Fused kernels (RMSNorm, SwiGLU, permutation, cross-entropy, flash attention) work in row
-  blocks or tiles so that their scratch stays small, as a GPU kernel's does; without that, the
-  FP32 temporaries of a Python implementation would dominate the transient peaks.
+  blocks or tiles, and each forward or backward runs as one ``kernel`` call: a memory tracker
+  takes its peak when the call returns (with its inputs and outputs alive) and at the
+  ``kernel_moment`` where a kernel's global buffers all live (FlashAttention-2's FP32 dq
+  accumulator and softmax_d), never inside the block loop, whose FP32 temporaries stand for a
+  GPU kernel's registers and shared memory. A backward unpacks its saved tensors before the
+  kernel starts (``ctx.unpacked``), so a recompute region re-run by the unpacking is counted.
+- Lifetimes follow Megatron-Core's code: fc1's output is dropped once the activation has read
+  it (``intermediate_parallel`` is reassigned), the latents and pre-copy q, k, v die when the
+  q/k/v function returns, q, k, v live on through W_O, the attention output lives through the
+  dropout and residual add (bias-dropout-add), the routed experts' outputs are one buffer
+  before the unpermute (SequentialMLP concatenates and returns), the router's logits die once
+  routed, and the shared experts run after the routed ones (their fc1 with the router, in
+  region R3, under selective recompute). A tensor that autograd saves lives on regardless.
 - MoE combine without permute fusion: ``zeros.scatter_add_(0, tok.unsqueeze(1).expand(-1, h),
   y_perm)``, as Megatron-Core's unfused ``unpermute`` (``moe_utils.py``) writes it; its backward
   (a gather of the output gradient) needs only the index, which is the dispatch's token index
@@ -57,7 +68,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["KINDS", "MODULES", "Layer", "Options", "build_layer", "current_module", "make_inputs", "scope"]
+__all__ = ["KINDS", "MODULES", "Layer", "Options", "build_layer", "current_module", "in_kernel", "kernel",
+           "kernel_listeners", "kernel_moment", "make_inputs", "scope"]
 
 KINDS = ("dense", "moe", "embedding", "head")
 MODULES = ("embedding", "mla", "mlp", "moe", "router", "experts", "shared", "head", "loss")

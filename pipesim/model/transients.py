@@ -19,12 +19,13 @@ Backward, from the last op:   live_B(k) = Σ_{j>k} net_j + peak_k + R(k) − D(k
     regions as the harness checkpoints them, R1 attention norm + the linears reading it, R2
     latent norms, up-projections, rope, q/k/v and the attention core, R3 FFN norm + the linears
     reading it, R4 SwiGLU + fc2 of each MLP).
-    Peaks.forward = max live_F − Σ stored (the layer input is stored but made before F),
-    Peaks.backward = max live_B, Peaks.recomputed = R at that peak.
-``working_sets`` returns (Peaks.forward − recompute, Peaks.backward − recompute), recompute =
-Σ recomputed, as ``activations`` adds recompute to both; each is floored at 0, since ledger
-categories cannot go negative. Under recompute the recomputed tensors never all coexist, so the
-floor binds: full recompute's F is the working set alone (what ``peaks`` gives).
+    Peaks.forward = max(max live_F − Σ stored, 0) (the layer input is stored but made before
+    F), Peaks.backward = max live_B, Peaks.recomputed = R at that peak.
+``activations`` takes F's working set from ``Peaks.forward`` (the recomputed tensors included
+as they live: they never all coexist) and B's from ``working_sets``: (Peaks.forward −
+recompute, Peaks.backward − recompute), recompute = Σ recomputed, which the ledger holds
+through B; both floored at 0, since a ledger category cannot go negative (B's floor binds when
+the recomputed tensors do not all coexist in B either: sublayer regions, selective).
 
 Sizes (bytes per device, symbols of ``pipesim.model.tensors``; n = n_h/tp, d = d_h + d_hr;
 W·(r×c) = w·r·c with w the weight bytes, 0 with te_wgrad_placeholders):
@@ -67,8 +68,9 @@ summed into it: +X̄ at their peak, −X̄ on their net)
                 fused: L, gradient | the output layer's, consuming the gradient [gradient]
     embedding   X̄ | w·V_loc·h (not a TE module: always) | 0 [ids]
 Source: ``benchmarks/fidelity`` (``layers.py --tensors`` prints each measured peak's make-up);
-every grid case is within 1% (``tests/test_fidelity.py``; with the floor, recompute's F is
-not, see above). Not modelled: what a region's re-run holds beyond the tensors it saves.
+every grid case is within 1%, but for the floor's +5% on selective MoE B and the MoE
+router's small tensors under full recompute, −1.3% (``tests/test_fidelity.py``). Not
+modelled: what a region's re-run holds beyond the tensors it saves.
 
 Paper inventory: ``_paper_working_sets``, the paper's per-sublayer estimate.
 """
@@ -99,8 +101,8 @@ class Op:
 
 @dataclass(frozen=True)
 class Peaks:
-    """A layer's working sets as measured: ``forward`` = max live_F − Σ stored, ``backward`` =
-    max live_B, ``recomputed`` = R(k) at the backward peak (the recomputed bytes alive then)."""
+    """A layer's working sets (module docstring): F beyond the stored tensors, B beyond B's
+    start, and the recomputed bytes alive at B's peak."""
 
     forward: int
     backward: int
@@ -118,7 +120,7 @@ def peaks(m: ModelConfig, p: ParallelConfig, t: TrainingConfig, g: Shape, kind: 
         sublayer += [i] * len(part)
     live_f, live_b, recomputed = _walk(ops, sublayer, t, state, size)
     stored = sum(n for x, n in size.items() if state[x] == "stored")
-    return Peaks(live_f - stored, live_b, recomputed)
+    return Peaks(max(live_f - stored, 0), live_b, recomputed)
 
 
 def working_sets(m: ModelConfig, p: ParallelConfig, t: TrainingConfig, g: Shape, kind: str,
