@@ -158,7 +158,7 @@ def peaks_png(result, path) -> None:
     ax.set_ylabel("GiB at the rank's peak")
     ax.set_ylim(0, max(cap, bottom.max()) * 1.15)
     sc = result.scenario
-    verdict = "fits" if all(result.fits(r) for r in ranks) else "does NOT fit"
+    verdict = {"OK": "fits", "TIGHT": "fits, TIGHT", "OOM": "OOM: does NOT fit"}[result.verdict()]
     ax.set_title(f"{sc.name}: every rank's peak by category — {sc.schedule.name}, pp={result.ranks}, "
                  f"{sc.microbatches} micro-batches ({verdict})")
     ax.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8, frameon=False)

@@ -141,7 +141,10 @@ class Result:
     def live_at_peak(self, rank: int) -> list[dict]:
         """The micro-batches whose activations are resident at the rank's peak (``pipesim.live``)."""
         from pipesim.live import live_set
-        return live_set(self, rank, self.peaks[rank].time)
+        cache = self.__dict__.setdefault("_live", {})   # the table, summary and plots all ask
+        if rank not in cache:
+            cache[rank] = live_set(self, rank, self.peaks[rank].time)
+        return cache[rank]
 
     def activations_by_module(self, rank: int) -> dict[str, int]:
         """The resident activations at the rank's peak by model module (``pipesim.live``)."""
