@@ -2,6 +2,7 @@
 other tables (``compare``, ``sweep``) share: aligned columns and a step's mean bubble."""
 from __future__ import annotations
 
+from pipesim.balance import warning_lines
 from pipesim.live import closed_form, column
 from pipesim.memory import GIB
 
@@ -41,6 +42,7 @@ def peak_table(result) -> str:
     if cf:
         lines.append(f"resident at the peak rank's peak: {column(result.live_at_peak(result.peak_rank))}; "
                      f"closed form {cf}")
+    lines += warning_lines(result.imbalance)
     lines.append(verdict(result))
     return "\n".join(lines)
 

@@ -138,6 +138,13 @@ class Result:
         """Idle share of the step on this rank: 1 - busy / makespan."""
         return 1.0 - self.busy(rank) / self.makespan if self.makespan > 0 else 0.0
 
+    @cached_property
+    def imbalance(self) -> dict | None:
+        """The stage-imbalance warning (``pipesim.balance``): the busiest rank against the mean,
+        the balancing ``layers_per_stage`` and the measured step with it; None when balanced."""
+        from pipesim.balance import imbalance
+        return imbalance(self)
+
     def live_at_peak(self, rank: int) -> list[dict]:
         """The micro-batches whose activations are resident at the rank's peak (``pipesim.live``)."""
         from pipesim.live import live_set
@@ -209,5 +216,6 @@ class Result:
             "fits": all(self.fits(r) for r in range(self.ranks)),
             "verdict": self.verdict(),
             "tight_fraction": self.tight_fraction,
+            "imbalance": self.imbalance,
             "ranks": ranks,
         }
