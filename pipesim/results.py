@@ -178,6 +178,24 @@ class Result:
             return "OOM"
         return "TIGHT" if headroom < self.tight_fraction * self.capacity_bytes else "OK"
 
+    def table(self) -> list[dict]:
+        """One flat dict per rank, scalar values only, so ``pandas.DataFrame(res.table())`` (or a
+        CSV writer) takes it as it is: the peak (bytes, GiB, time, op), verdict and headroom, each
+        category's bytes at the peak (``<category>_bytes``), the micro-batches resident there
+        (awaiting F or B, and awaiting W) and the rank's busy time and bubble."""
+        rows = []
+        for p in self.peaks:
+            live = self.live_at_peak(p.rank)
+            waiting_w = sum(e["waits_for"] == "W" for e in live)
+            row = {"rank": p.rank, "stages": ",".join(map(str, p.stages)), "peak_bytes": p.bytes,
+                   "peak_gib": p.bytes / GIB, "peak_time_ms": p.time * 1e3, "op_at_peak": p.op,
+                   "verdict": self.verdict(p.rank), "headroom_bytes": self.capacity_bytes - p.bytes}
+            row.update({f"{c}_bytes": n for c, n in p.breakdown.items()})
+            row.update({"resident": len(live) - waiting_w, "resident_awaiting_w": waiting_w,
+                        "busy_ms": self.busy(p.rank) * 1e3, "bubble_fraction": self.bubble_fraction(p.rank)})
+            rows.append(row)
+        return rows
+
     def summary(self) -> dict:
         """JSON-able summary (the content of ``summary.json``); deterministic for one scenario."""
         sc = self.scenario
