@@ -9,10 +9,13 @@ W has not finished (then only the weight-gradient inputs and output gradients, `
     "B"  its backward (the activations are complete)
     "W"  its deferred weight gradient (B has run)
 
-Closed forms to read the count against (``CLOSED_FORMS``): GPipe holds every micro-batch at the
-end of its forwards; 1F1B and ZB-H1 hold pp − r on rank r at the end of warm-up (Narayanan et
-al. 2021; Qi et al. 2024); DualPipe's middle ranks pp + 1 stage-activations at its overlapped
-step (the DualPipe README).
+Closed forms to read the count against (``CLOSED_FORMS``, in stage-activations of one chunk):
+GPipe holds every micro-batch at the end of its forwards; 1F1B and ZB-H1 hold pp − r on rank r
+at the end of warm-up (Narayanan et al. 2021; Qi et al. 2024); interleaved 1F1B with V chunks
+holds its warm-up forwards plus the first steady one, 2(pp − r − 1) + (V − 1)·pp + 1 (Megatron's
+warm-up count, Narayanan et al. 2021 section 2.2); ZB-V 2·pp half-stage chunks on every rank
+(Qi et al. 2024: the memory of pp whole stages, the same on every rank); DualPipe's middle
+ranks pp + 1 stage-activations at its overlapped step (the DualPipe README).
 """
 from __future__ import annotations
 
@@ -20,11 +23,13 @@ import numpy as np
 
 from pipesim.memory import KIND_B, KIND_BI, KIND_F, KIND_W
 
-CLOSED_FORMS = {           # how many wait for F or B at the peak (W-waiters come on top)
-    "gpipe": ("M, every micro-batch", lambda pp, r, m: m),
-    "1f1b": ("pp - r", lambda pp, r, m: min(pp - r, m)),
-    "zb-h1": ("pp - r", lambda pp, r, m: min(pp - r, m)),
-    "dualpipe": ("pp + 1", lambda pp, r, m: pp + 1),
+CLOSED_FORMS = {           # how many wait for F or B at the peak (W-waiters come on top); f(pp, r, m, V)
+    "gpipe": ("M, every micro-batch", lambda pp, r, m, v: m),
+    "1f1b": ("pp - r", lambda pp, r, m, v: min(pp - r, m)),
+    "zb-h1": ("pp - r", lambda pp, r, m, v: min(pp - r, m)),
+    "interleaved": ("2(pp - r - 1) + (V - 1)pp + 1", lambda pp, r, m, v: min(2 * (pp - r - 1) + (v - 1) * pp + 1, m * v)),
+    "zb-v": ("2pp chunks", lambda pp, r, m, v: min(2 * pp, 2 * m)),
+    "dualpipe": ("pp + 1", lambda pp, r, m, v: pp + 1),
 }
 
 
@@ -67,7 +72,8 @@ def closed_form(result, rank: int) -> str | None:
     if entry is None:
         return None
     text, f = entry
-    return f"{f(sch.pp, rank, result.scenario.microbatches)} = {text} ({sch.name}, awaiting F or B)"
+    v = len(sch.placement[rank])
+    return f"{f(sch.pp, rank, result.scenario.microbatches, v)} = {text} ({sch.name}, awaiting F or B)"
 
 
 def column(entries: list[dict]) -> str:
