@@ -142,20 +142,25 @@ def imbalance(result) -> dict | None:
     return out
 
 
+def _ms(x: float) -> str:
+    """Milliseconds as the run table prints them: one decimal, or 3 significant digits below 100."""
+    return f"{x:.1f}" if x >= 100 else f"{x:.3g}"
+
+
 def warning_lines(info: dict | None) -> list[str]:
     """The run table's lines for the warning (none when ``info`` is None)."""
     if info is None:
         return []
-    head = (f"WARNING stage imbalance: rank {info['rank']} is busy {info['busy_ms']:.1f} ms, "
-            f"{info['ratio']:.2f}x the mean {info['mean_busy_ms']:.1f} ms "
+    head = (f"WARNING stage imbalance: rank {info['rank']} is busy {_ms(info['busy_ms'])} ms, "
+            f"{info['ratio']:.2f}x the mean {_ms(info['mean_busy_ms'])} ms "
             f"(warns above {1 + info['threshold']:.2f}x); the step waits for it every micro-batch")
     if info["suggested"] is None:
         return [head, f"  {info['reason']}"]
     gib = 2 ** 30
     return [head,
             f"  balanced split ([placement]): {info['suggested_text']}",
-            f"  simulated with it: step {info['makespan_ms']:.1f} -> {info['suggested_makespan_ms']:.1f} ms "
+            f"  simulated with it: step {_ms(info['makespan_ms'])} -> {_ms(info['suggested_makespan_ms'])} ms "
             f"({info['suggested_makespan_ms'] / info['makespan_ms'] - 1:+.1%}), busiest rank "
-            f"{info['busy_ms']:.1f} -> {info['suggested_busy_ms']:.1f} ms, peak "
+            f"{_ms(info['busy_ms'])} -> {_ms(info['suggested_busy_ms'])} ms, peak "
             f"{info['peak_bytes'] / gib:.2f} -> {info['suggested_peak_bytes'] / gib:.2f} GiB "
             f"({info['suggested_verdict']})"]
