@@ -105,3 +105,19 @@ def test_timing_overrides_leave_no_split_to_suggest():
     res = run(**{"parallel.pp": 2, "timing.forward_ms": [1.0, 2.0], "timing.backward_ms": [2.0, 4.0]})
     assert res.imbalance["ratio"] == pytest.approx(6 / 4.5, rel=1e-6)   # busy 3M and 6M ms
     assert res.imbalance["suggested"] is None and "[timing]" in res.imbalance["reason"]
+
+
+def test_the_papers_split_warns_and_the_suggestion_lowers_the_busiest_rank():
+    """v3_pp16 (the paper's [4]*15 + [1] under 1F1B): rank r is busy M (F[r] + B[r]); the
+    suggestion, simulated, has its busiest rank at M x its predicted largest stage, below now."""
+    sc = pipesim.load_scenario(ROOT / "scenarios" / "v3_pp16.toml")
+    res = pipesim.simulate(sc)
+    info = res.imbalance
+    assert info is not None and info["suggested"] is not None
+    assert sum(info["suggested"]) == sc.model.layers and len(info["suggested"]) == len(sc.layers_per_stage)
+    after = pipesim.simulate(pipesim.load_scenario(ROOT / "scenarios" / "v3_pp16.toml",
+                                                   {"placement.layers_per_stage": info["suggested"]}))
+    busy = [after.busy(r) for r in range(after.ranks)]
+    assert busy == pytest.approx([sc.microbatches * t / 1e3 for t in info["suggested_stage_ms"]], rel=1e-5)
+    assert max(busy) < max(res.busy(r) for r in range(res.ranks))
+    assert max(info["suggested_stage_ms"]) < max(info["stage_ms"])
