@@ -12,17 +12,24 @@ H800 (SXM, the China-market H100 with NVLink reduced to 400 GB/s: same memory an
 datasheet (141 GB HBM3e, BF16 989 TFLOPS); B200 in the HGX B200 datasheet (180 GB per GPU,
 BF16 2.25 PFLOPS dense); A100 datasheet (40 / 80 GB, BF16 312 TFLOPS, HDR 200 Gb/s = 25 GB/s);
 AMD Instinct MI300X datasheet (192 GB HBM3, BF16 1307.4 TFLOPS dense).
+
+``nvlink_bandwidth_gbps`` is the scale-up link inside a node, per direction (the datasheets
+quote both directions together): H100 / H200 SXM NVLink 900 GB/s -> 450; H800 400 -> 200;
+B200 NVLink 5 1.8 TB/s -> 900; A100 NVLink 3 600 -> 300; MI300X Infinity Fabric 7 x 128 GB/s
+peer links = 896 -> 448. ``node_size`` devices share one scale-up domain (8 on all of them).
+An expert-parallel all-to-all within a node runs on NVLink, across nodes on the scale-out NIC
+(``pipesim.comm``).
 """
 from __future__ import annotations
 
 PRESETS: dict[str, dict[str, float]] = {
-    "h100-sxm": {"memory_gib": 80.0, "peak_tflops": 989.4, "p2p_bandwidth_gbps": 50.0},
-    "h800": {"memory_gib": 80.0, "peak_tflops": 989.4, "p2p_bandwidth_gbps": 50.0},
-    "h200": {"memory_gib": 141.0, "peak_tflops": 989.4, "p2p_bandwidth_gbps": 50.0},
-    "b200": {"memory_gib": 180.0, "peak_tflops": 2250.0, "p2p_bandwidth_gbps": 50.0},
-    "a100-40gb": {"memory_gib": 40.0, "peak_tflops": 312.0, "p2p_bandwidth_gbps": 25.0},
-    "a100-80gb": {"memory_gib": 80.0, "peak_tflops": 312.0, "p2p_bandwidth_gbps": 25.0},
-    "mi300x": {"memory_gib": 192.0, "peak_tflops": 1307.4, "p2p_bandwidth_gbps": 50.0},
+    "h100-sxm": {"memory_gib": 80.0, "peak_tflops": 989.4, "p2p_bandwidth_gbps": 50.0, "nvlink_bandwidth_gbps": 450.0},
+    "h800": {"memory_gib": 80.0, "peak_tflops": 989.4, "p2p_bandwidth_gbps": 50.0, "nvlink_bandwidth_gbps": 200.0},
+    "h200": {"memory_gib": 141.0, "peak_tflops": 989.4, "p2p_bandwidth_gbps": 50.0, "nvlink_bandwidth_gbps": 450.0},
+    "b200": {"memory_gib": 180.0, "peak_tflops": 2250.0, "p2p_bandwidth_gbps": 50.0, "nvlink_bandwidth_gbps": 900.0},
+    "a100-40gb": {"memory_gib": 40.0, "peak_tflops": 312.0, "p2p_bandwidth_gbps": 25.0, "nvlink_bandwidth_gbps": 300.0},
+    "a100-80gb": {"memory_gib": 80.0, "peak_tflops": 312.0, "p2p_bandwidth_gbps": 25.0, "nvlink_bandwidth_gbps": 300.0},
+    "mi300x": {"memory_gib": 192.0, "peak_tflops": 1307.4, "p2p_bandwidth_gbps": 50.0, "nvlink_bandwidth_gbps": 448.0},
 }
 
 # What the framework cannot use: the CUDA context (about 0.5 GiB with PyTorch on CUDA 12) and

@@ -38,6 +38,8 @@ RANGES = {
     "hardware.efficiency": (0, 1, False, True, " (a fraction of peak)"),
     "hardware.p2p_bandwidth_gbps": (0, 1e6, False, True, " GB/s"),
     "hardware.p2p_latency_us": (0, 1e9, True, True, " microseconds"),
+    "hardware.nvlink_bandwidth_gbps": (0, 1e6, False, True, " GB/s"),
+    "hardware.node_size": (1, 2 ** 20, True, True, " devices"),
     "hardware.reserve_gib": (0, 2 ** 20, True, True, " GiB"),
     "overheads.fragmentation": (0, 1, True, False, " (a fraction of the allocated total)"),
     "overheads.comm_buffer_gib": (0, 2 ** 20, True, True, " GiB"),

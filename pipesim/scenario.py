@@ -80,6 +80,8 @@ class HardwareConfig:
     efficiency: float = 0.4           # achieved fraction of peak (model FLOPs utilisation), in (0, 1]
     p2p_bandwidth_gbps: float = 50.0  # point-to-point bandwidth between pipeline ranks, GB/s (1e9), in (0, 1e6]
     p2p_latency_us: float = 10.0      # per-message latency, microseconds, in [0, 1e9]
+    nvlink_bandwidth_gbps: float = 450.0  # intra-node link per direction, GB/s (H100 NVLink), in (0, 1e6]
+    node_size: int = 8                # devices per node (one NVLink domain), in [1, 2**20]
     reserve_gib: float = 1.0          # memory the framework cannot use (CUDA context, NCCL
                                       # buffers; pipesim.hardware), subtracted from memory_gib
     preset: str | None = None         # a named device (pipesim.hardware.PRESETS) filling the rest

@@ -52,6 +52,7 @@ class Spans:
     consumer: np.ndarray   # int64: the cross-rank atom that receives this atom's output (-1: none)
     producer: np.ndarray   # int64: the cross-rank atom whose output this atom receives (-1: none)
     arrival: np.ndarray    # float64: when this atom's output reaches its consumer (nan: none)
+    exposed_comm: np.ndarray | None = None   # float64 seconds of all-to-all the atom's rank waits on
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,19 @@ class Timing:
     (an overlapped pair whose forward is on stage s; default F + B), and ``hop[s]``: the p2p delay
     of the boundary tensor leaving stage s. ``w_recompute[s]``: what a deferred W adds when it
     must re-materialise weight inputs that recomputation dropped (a full B does that work in its
-    own recompute already)."""
+    own recompute already).
+
+    ``comm_f[s]`` / ``comm_b[s]``: the expert-parallel all-to-all inside ``f[s]`` / ``b[s]``
+    (``pipesim.comm``); a lone op runs it serialised with its compute, so it counts in full. In
+    an FB op (DualPipe's overlap, DeepSeek-V3 report section 3.2.1) each half's all-to-all runs
+    while the other half computes, so the pair takes
+
+        max(F_compute, B_comm) + max(B_compute, F_comm)
+
+    (hidden completely while each comm fits under the other's compute; the excess shows). This
+    is the per-op merge of the per-layer phases: it assumes the two halves' layers interleave
+    phase by phase with equal shares, as DualPipe's chunk pairing arranges. ``fb`` overrides it.
+    """
 
     f: tuple[float, ...]
     b: tuple[float, ...]
@@ -68,6 +81,8 @@ class Timing:
     hop: tuple[float, ...]
     fb: tuple[float, ...] | None = None
     w_recompute: tuple[float, ...] | None = None
+    comm_f: tuple[float, ...] | None = None
+    comm_b: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -233,12 +248,29 @@ def run(schedule, timing: Timing) -> Spans:
     w_extra = np.zeros_like(w) if timing.w_recompute is None else np.asarray(timing.w_recompute, dtype=np.float64)
     per_kind[:, KIND_F], per_kind[:, KIND_B], per_kind[:, KIND_BI], per_kind[:, KIND_W] = f, b, b - w, w + w_extra
     dur = per_kind[st, flat.kind]
+    zero = np.zeros(len(f))
+    cf = zero if timing.comm_f is None else np.asarray(timing.comm_f, dtype=np.float64)
+    cb = zero if timing.comm_b is None else np.asarray(timing.comm_b, dtype=np.float64)
+    per_comm = np.stack([cf, cb, cb, zero], axis=1)  # all-to-all inside (stage, kind); W has none
+    comm = per_comm[st, flat.kind]
+    exposed = comm.copy()
+    pair_at = np.nonzero(flat.paired)[0]
     if timing.fb is not None:
         # An overlapped pair takes fb[stage of its forward], split F-then-B in proportion.
-        for i in np.nonzero(flat.paired)[0].tolist():
+        for i in pair_at.tolist():
             df, db = dur[i], dur[i + 1]
             scale = timing.fb[st[i]] / (df + db) if df + db > 0 else 0.0
             dur[i], dur[i + 1] = df * scale, db * scale
+        exposed[pair_at] = exposed[pair_at + 1] = 0.0
+    elif len(pair_at):
+        # DualPipe's overlap (class docstring): the forward part max(F_compute, B_comm), the
+        # backward part max(B_compute, F_comm); what sticks out of a compute is exposed.
+        j = pair_at + 1
+        f_comp, b_comp = dur[pair_at] - comm[pair_at], dur[j] - comm[j]
+        f_comm, b_comm = comm[pair_at], comm[j]
+        dur[pair_at], dur[j] = np.maximum(f_comp, b_comm), np.maximum(b_comp, f_comm)
+        exposed[pair_at] = np.maximum(b_comm - f_comp, 0.0)
+        exposed[j] = np.maximum(f_comm - b_comp, 0.0)
     bounds = np.searchsorted(flat.rank, np.arange(len(schedule.ranks) + 1)).tolist()
     env = simpy.Environment()
     # Only starts are kept: an atom's end is start + duration and its output's arrival
@@ -338,4 +370,12 @@ def run(schedule, timing: Timing) -> Spans:
     has = consumer >= 0
     arrival[has] = start[has] + lag[has]
     return Spans(flat.rank, flat.op_index, flat.kind, flat.stage, flat.chunk,
-                 flat.direction, flat.mb, start, endv, consumer, dep, arrival)
+                 flat.direction, flat.mb, start, endv, consumer, dep, arrival, exposed)
+
+
+def exposed_comm(spans: Spans, ranks: int) -> np.ndarray:
+    """Seconds per rank its compute stream waits on all-to-all (serialised, or the part of an FB
+    half's communication the other half's compute does not cover)."""
+    if spans.exposed_comm is None:
+        return np.zeros(ranks)
+    return np.bincount(spans.rank, weights=spans.exposed_comm, minlength=ranks)

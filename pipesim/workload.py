@@ -14,11 +14,16 @@ recomputes cheap ops, and this keeps their cost proportional to what they rebuil
 forward work that rebuilds the weight inputs it needs, Σ_j recompute_j · w_recompute_j /
 recompute_bytes_j (its share of what B re-materialised). ``[timing]`` overrides any of these.
 A boundary tensor's hop across ranks takes ``latency + boundary_bytes / bandwidth``.
+
+Each MoE layer adds its expert-parallel all-to-all (``pipesim.comm``: dispatch + combine) to
+F and B, recorded apart in ``Timing.comm_f`` / ``comm_b`` so the simulator can overlap it inside
+an FB op. An explicit ``[timing]`` time is the whole op (communication included): none is added.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pipesim.comm import moe_layer_a2a_seconds
 from pipesim.memory import GIB, build_templates, round_up
 from pipesim.model import StageCosts, stage_costs
 from pipesim.model.costs import relabel
@@ -102,6 +107,8 @@ def build_workload(sc, schedule=None) -> Workload:
     gran = sc.overheads.allocator_rounding
     hw, tm = sc.hardware, sc.timing
     f, b, w, w_rc, hop, templates = [], [], [], [], [], {}
+    a2a_f, a2a_b = moe_layer_a2a_seconds(sc)
+    comm_f, comm_b = [], []
     by_shape = {}   # and share their templates
     for s, (c, shape) in enumerate(zip(costs, shapes)):
         rc = _recompute_flops(sc, c)
@@ -109,8 +116,13 @@ def build_workload(sc, schedule=None) -> Workload:
             by_shape[shape] = build_templates(c, rc, gran)
         for kind, tpl in by_shape[shape].items():
             templates[(s, kind)] = tpl
-        fs = _seconds(tm.forward_ms, s, sum(L.flops_f for L in c.layers) / rate)
-        bs = _seconds(tm.backward_ms, s, (sum(L.flops_b + L.flops_w for L in c.layers) + sum(rc)) / rate)
+        moe = sum(sc.model.is_moe(i) for i in plans[s].layers)
+        cf = 0.0 if tm.forward_ms is not None else moe * a2a_f
+        cb = 0.0 if tm.backward_ms is not None else moe * a2a_b
+        comm_f.append(cf)
+        comm_b.append(cb)
+        fs = _seconds(tm.forward_ms, s, sum(L.flops_f for L in c.layers) / rate + cf)
+        bs = _seconds(tm.backward_ms, s, (sum(L.flops_b + L.flops_w for L in c.layers) + sum(rc)) / rate + cb)
         ws = _seconds(tm.weight_ms, s, sum(L.flops_w for L in c.layers) / rate)
         f.append(fs)
         b.append(bs)
@@ -120,7 +132,8 @@ def build_workload(sc, schedule=None) -> Workload:
         hop.append(hw.p2p_latency_us * 1e-6 + c.boundary_bytes / (hw.p2p_bandwidth_gbps * 1e9))
     fb = None if tm.fb_ms is None else tuple(_seconds(tm.fb_ms, s, 0.0) for s in range(len(costs)))
     timing = Timing(tuple(f), tuple(b), tuple(w), tuple(hop), fb,
-                    tuple(w_rc) if any(w_rc) else None)
+                    tuple(w_rc) if any(w_rc) else None,
+                    tuple(comm_f) if any(comm_f) else None, tuple(comm_b) if any(comm_b) else None)
     comm = round_up(int(sc.overheads.comm_buffer_gib * GIB), gran)
     static = []
     for r in range(schedule.pp):
