@@ -14,8 +14,8 @@ the model's uncertainty and larger than the granularity a user can act on.
 
 The balancing split: per transformer layer j, its work per micro-batch is
 ``c_j = (flops_f + flops_b + flops_w + recompute_j) / R + a2a_j`` (``pipesim.workload``'s
-durations, R = peak_tflops·1e12·efficiency, a2a_j a MoE layer's all-to-all from
-``pipesim.comm``); the embedding, MTP and head are fixed on their stages
+durations, R = peak_tflops·1e12·efficiency, a2a_j the layer's all-to-all and TP
+collectives from ``pipesim.comm``); the embedding, MTP and head are fixed on their stages
 (``[placement]``) and add ``e_s`` to stage s. A linear-partition DP over the layers
 
     T[s][j] = min over i < j of max(T[s-1][i], e_{s-1} + Σ_{i<=k<j} c_k),   T[0][0] = 0
@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from pipesim.comm import moe_layer_a2a_seconds
+from pipesim.comm import moe_layer_a2a_seconds, tp_layer_seconds
 from pipesim.model import stage_costs
 from pipesim.placement import split_text
 from pipesim.workload import _recompute_flops
@@ -46,13 +46,15 @@ def layer_seconds(sc) -> tuple[list[float], list[float]]:
                     mtp=m.mtp_modules > 0)
     work = [(L.flops_f + L.flops_b + L.flops_w + rc) / rate
             for L, rc in zip(c.layers, _recompute_flops(sc, c))]
-    a2a = sum(moe_layer_a2a_seconds(sc))   # each MoE layer's all-to-all, F and B
+    # each layer's communication, F and B: a MoE layer's all-to-all, every layer's TP collectives
+    comm = {True: sum(moe_layer_a2a_seconds(sc)) + sum(tp_layer_seconds(sc, moe=True)),
+            False: sum(tp_layer_seconds(sc, moe=False))}
     per_layer, fixed = [], [0.0] * stages
     home = {"embedding": sc.placement.embedding_stage, "head": sc.placement.head_stage,
             "mtp": sc.placement.mtp_stage}
     for L, t in zip(c.layers, work):
         if L.name.startswith("layer "):
-            per_layer.append(t + (a2a if m.is_moe(int(L.name.split()[1])) else 0.0))
+            per_layer.append(t + comm[m.is_moe(int(L.name.split()[1]))])
         else:
             fixed[home[L.name.split()[0]] % stages] += t
     return per_layer, fixed

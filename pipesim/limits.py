@@ -50,6 +50,7 @@ RANGES = {
     "timing.backward_ms": (0, 1e9, True, True, " ms"),
     "timing.weight_ms": (0, 1e9, True, True, " ms"),
     "timing.fb_ms": (0, 1e9, True, True, " ms"),
+    "timing.a2a_overlap": (0, 1, True, True, " (a share of a lone op's all-to-all)"),
 }
 
 

@@ -102,14 +102,17 @@ class TimingConfig:
     """[timing]: explicit per-op times (ms) that override the FLOP-derived durations.
 
     Each is a single number (every stage) or a list with one entry per stage, in [0, 1e9] ms.
-    ``fb_ms`` is an overlapped forward+backward pair; by default its duration is F + B (no
-    overlap speed-up).
+    ``fb_ms`` is an overlapped forward+backward pair; by default the simulator runs its two
+    halves' phases on the compute and communication streams (``pipesim.simulator.overlap``):
+    F + B less the all-to-all each half hides under the other's compute.
     """
 
     forward_ms: float | tuple[float, ...] | None = None
     backward_ms: float | tuple[float, ...] | None = None   # full backward (input + weight grads)
     weight_ms: float | tuple[float, ...] | None = None     # the weight-gradient part of backward
     fb_ms: float | tuple[float, ...] | None = None
+    a2a_overlap: float = 0.0   # share of a lone op's all-to-all the framework hides behind its
+                               # own compute, in [0, 1] (0: serialised, Megatron's default)
 
 
 @dataclass(frozen=True)

@@ -13,24 +13,29 @@ recomputes cheap ops, and this keeps their cost proportional to what they rebuil
 (input-gradient) backward takes B[s] - W[s]; a deferred W under recomputation also repeats the
 forward work that rebuilds the weight inputs it needs, Σ_j recompute_j · w_recompute_j /
 recompute_bytes_j (its share of what B re-materialised). ``[timing]`` overrides any of these.
-A boundary tensor's hop across ranks takes ``latency + boundary_bytes / bandwidth``.
+A boundary tensor crosses ranks as ``boundary_bytes`` over the p2p link at
+``p2p_bandwidth_gbps`` (shared by the link's transfers in flight), then ``p2p_latency_us``.
 
-Each MoE layer adds its expert-parallel all-to-all (``pipesim.comm``: dispatch + combine) to
-F and B, recorded apart in ``Timing.comm_f`` / ``comm_b`` so the simulator can overlap it inside
-an FB op. An explicit ``[timing]`` time is the whole op (communication included): none is added.
+Communication inside the layers (``pipesim.comm``) adds to F and B: each MoE layer's
+expert-parallel all-to-all, recorded apart in ``Timing.comm_f`` / ``comm_b`` with the MoE
+layers' phases (``Timing.phases``: attention part, routed experts, the four all-to-alls) so the
+simulator can overlap it inside an FB op; and each TP-split sublayer's collectives
+(``Timing.tp_f`` / ``tp_b``), serialised with compute. An explicit ``[timing]`` time is the
+whole op, communication included: none is added to it, and its stage has no phases.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipesim.comm import moe_layer_a2a_seconds
+from pipesim.comm import moe_layer_a2a_phases, moe_layer_a2a_seconds, tp_layer_seconds
 from pipesim.memory import GIB, build_templates, round_up
 from pipesim.model import StageCosts, stage_costs
 from pipesim.model.costs import relabel
+from pipesim.model.flops import routed_expert_flops
 from pipesim.model.params import rank_matrix_adjustment
 from pipesim.model.states import states_bytes, wgrad_placeholder_bytes
 from pipesim.placement import StagePlan, stage_plans
-from pipesim.simulator import Timing
+from pipesim.simulator import Phases, Timing
 
 
 @dataclass(frozen=True)
@@ -107,8 +112,11 @@ def build_workload(sc, schedule=None) -> Workload:
     gran = sc.overheads.allocator_rounding
     hw, tm = sc.hardware, sc.timing
     f, b, w, w_rc, hop, templates = [], [], [], [], [], {}
+    a2a = moe_layer_a2a_phases(sc)
     a2a_f, a2a_b = moe_layer_a2a_seconds(sc)
-    comm_f, comm_b = [], []
+    tp_dense, tp_moe = tp_layer_seconds(sc, moe=False), tp_layer_seconds(sc, moe=True)
+    expert = routed_expert_flops(sc.model, sc.parallel, sc.training) / rate
+    comm_f, comm_b, tp_f, tp_b, phases = [], [], [], [], []
     by_shape = {}   # and share their templates
     for s, (c, shape) in enumerate(zip(costs, shapes)):
         rc = _recompute_flops(sc, c)
@@ -117,23 +125,49 @@ def build_workload(sc, schedule=None) -> Workload:
         for kind, tpl in by_shape[shape].items():
             templates[(s, kind)] = tpl
         moe = sum(sc.model.is_moe(i) for i in plans[s].layers)
-        cf = 0.0 if tm.forward_ms is not None else moe * a2a_f
-        cb = 0.0 if tm.backward_ms is not None else moe * a2a_b
+        dense = len(plans[s].layers) - moe
+        given_f, given_b = tm.forward_ms is not None, tm.backward_ms is not None
+        cf = 0.0 if given_f else moe * a2a_f
+        cb = 0.0 if given_b else moe * a2a_b
+        pf = 0.0 if given_f else moe * tp_moe[0] + dense * tp_dense[0]
+        pb = 0.0 if given_b else moe * tp_moe[1] + dense * tp_dense[1]
         comm_f.append(cf)
         comm_b.append(cb)
-        fs = _seconds(tm.forward_ms, s, sum(L.flops_f for L in c.layers) / rate + cf)
-        bs = _seconds(tm.backward_ms, s, (sum(L.flops_b + L.flops_w for L in c.layers) + sum(rc)) / rate + cb)
+        tp_f.append(pf)
+        tp_b.append(pb)
+        moe_layers = [L for L in c.layers if L.name.endswith("(moe)")]
+        if moe and cf + cb > 0 and not given_f and not given_b:
+            d, cmb, cg, dg = a2a
+            full = sc.training.recompute == "full"
+            phases.append(Phases(
+                layers=moe,
+                attention=(sum(L.flops_f for L in moe_layers) / rate - moe * expert,
+                           sum(L.flops_b for L in moe_layers) / rate - moe * expert,
+                           sum(L.flops_w for L in moe_layers) / rate - moe * expert),
+                experts=(moe * expert,) * 3,
+                # full recomputation repeats the forward's all-to-alls before the backward's
+                a2a=(d, cmb, cg + (d if full else 0.0), dg + (cmb if full else 0.0))))
+        else:
+            phases.append(None)
+        fs = _seconds(tm.forward_ms, s, sum(L.flops_f for L in c.layers) / rate + cf + pf)
+        bs = _seconds(tm.backward_ms, s, (sum(L.flops_b + L.flops_w for L in c.layers) + sum(rc)) / rate + cb + pb)
         ws = _seconds(tm.weight_ms, s, sum(L.flops_w for L in c.layers) / rate)
         f.append(fs)
         b.append(bs)
         w.append(min(ws, bs))
         w_rc.append(sum(f_j * L.w_recompute_bytes / L.recompute_bytes
                         for L, f_j in zip(c.layers, rc) if L.recompute_bytes) / rate)
-        hop.append(hw.p2p_latency_us * 1e-6 + c.boundary_bytes / (hw.p2p_bandwidth_gbps * 1e9))
+        hop.append(hw.p2p_latency_us * 1e-6)
     fb = None if tm.fb_ms is None else tuple(_seconds(tm.fb_ms, s, 0.0) for s in range(len(costs)))
-    timing = Timing(tuple(f), tuple(b), tuple(w), tuple(hop), fb,
-                    tuple(w_rc) if any(w_rc) else None,
-                    tuple(comm_f) if any(comm_f) else None, tuple(comm_b) if any(comm_b) else None)
+
+    def some(values):
+        return tuple(values) if any(values) else None
+
+    timing = Timing(tuple(f), tuple(b), tuple(w), tuple(hop), fb, some(w_rc),
+                    some(comm_f), some(comm_b), some(tp_f), some(tp_b),
+                    tuple(phases) if any(x is not None for x in phases) else None,
+                    tm.a2a_overlap, tuple(float(c.boundary_bytes) for c in costs),
+                    hw.p2p_bandwidth_gbps * 1e9)
     comm = round_up(int(sc.overheads.comm_buffer_gib * GIB), gran)
     static = []
     for r in range(schedule.pp):

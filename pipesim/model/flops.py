@@ -40,13 +40,25 @@ def _matmul_flops(m: ModelConfig, p: ParallelConfig, g: Shape, kind: str) -> int
             total += 2 * T * 3 * h * m.dense_ffn_hidden // p.tp             # SwiGLU, TP-split
         else:
             total += 2 * T * h * m.routed_experts                            # router
-            total += 2 * g.R * 3 * h * m.moe_ffn_hidden // p.etp             # routed experts
+            total += _routed_expert_flops(m, p, g)                           # routed experts
             total += 2 * T * 3 * h * m.shared_width                          # shared experts
     if kind == "mtp":
         total += 2 * g.T_sp * 2 * h * h                 # projection [2h, h], token-wise
     if kind in ("head", "mtp"):
         total += 2 * T * h * vocab_shard(m, p)          # output head, vocab-parallel
     return total
+
+
+def _routed_expert_flops(m: ModelConfig, p: ParallelConfig, g: Shape) -> int:
+    """Forward FLOPs of one MoE layer's routed experts: 2 · R · 3·h·d_ffn / etp (SwiGLU)."""
+    return 2 * g.R * 3 * m.hidden * m.moe_ffn_hidden // p.etp
+
+
+def routed_expert_flops(m: ModelConfig, p: ParallelConfig, t: TrainingConfig) -> int:
+    """One MoE layer's routed-expert FLOPs on one device, per micro-batch, in F (and again in
+    B and in W, as every weight matmul): the part of the layer between its dispatch and its
+    combine, which the simulator's phases need apart (``pipesim.simulator.Phases``)."""
+    return _routed_expert_flops(m, p, shape(m, p, t))
 
 
 def _attention_flops(m: ModelConfig, g: Shape, kind: str) -> int:
