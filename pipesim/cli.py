@@ -230,7 +230,7 @@ def _model(args) -> int:
 
 
 def _schedule(args) -> int:
-    from schedules.grid import render
+    from pipesim.schedule_grid import render
 
     print(render(schedules.build(args.name, args.pp, args.microbatches, args.chunks)))
     return 0

@@ -48,7 +48,7 @@ import numpy as np
 import simpy
 
 from schedules import ScheduleError
-from schedules.graph import inputs
+from schedules.graph import inputs, label
 from pipesim.memory import KIND_B, KIND_BI, KIND_F, KIND_W
 
 _FAMILY = {"F": 0, "B": 1, "W": 2}   # B and BI are one family: both are "the B" of a key
@@ -358,17 +358,19 @@ def _edges(schedule, flat: _Flat) -> tuple[np.ndarray, np.ndarray]:
     An input produced earlier on the same rank is done before the rank reaches the consumer
     (the rank runs its atoms in order), so only cross-rank inputs can delay a start; under the
     rules of schedules.graph each atom has at most one (the boundary tensor). A same-rank input
-    produced *later* can never arrive: that order deadlocks."""
+    produced *later*, or by the other half of the same FB, can never arrive: that order
+    deadlocks."""
     n = len(flat.kind)
     pairs = _dependencies(schedule, flat)
     cons = np.concatenate([c for c, _ in pairs]) if pairs else np.zeros(0, np.int64)
     prod = np.concatenate([p for _, p in pairs]) if pairs else np.zeros(0, np.int64)
     cross = flat.rank[prod] != flat.rank[cons]
-    late = ~cross & (flat.seq[prod] >= flat.seq[cons])
+    # later on the rank, or the other half of the same FB (its two atoms start together)
+    late = ~cross & ((flat.seq[prod] >= flat.seq[cons]) | (flat.op_index[prod] == flat.op_index[cons]))
     if late.any():
         i = cons[np.nonzero(late)[0][0]]
         r, k = int(flat.rank[i]), int(flat.op_index[i])
-        raise ScheduleError(f"{schedule.name}: deadlock: rank {r} op {k} ({schedule.ranks[r][k]}) "
+        raise ScheduleError(f"schedule {schedule.name!r} deadlocks: rank {r} op #{k} {schedule.ranks[r][k]} "
                             f"needs an op that rank {r} runs after it")
     cons, prod = cons[cross], prod[cross]
     if len(cons) and np.bincount(cons).max() > 1:
@@ -485,16 +487,24 @@ def run(schedule, timing: Timing) -> Spans:
     env.run()
     stuck = [r for r, proc in enumerate(procs) if proc.is_alive]
     if stuck:
-        detail = []
+        lines = []
         for r in stuck:
             i = next(i for i in range(bounds[r], bounds[r + 1]) if starts[i] is None)
             k = int(flat.op_index[i])
-            detail.append(f"rank {r} at op {k} ({schedule.ranks[r][k]})")
-        raise ScheduleError(f"{schedule.name}: deadlock, no rank can proceed: {', '.join(detail)}")
+            both = (i, i + 1) if flat.paired[i] else (i,)
+            waits = [_label(schedule, flat, int(dep[a])) for a in both if dep[a] >= 0 and arrived[dep[a]] is None]
+            lines.append(f"rank {r} op #{k} {schedule.ranks[r][k]} waits for {', '.join(waits)}")
+        raise ScheduleError(f"schedule {schedule.name!r} deadlocks; no rank can go on:\n  " + "\n  ".join(lines))
     start = np.array(starts, dtype=np.float64)
     arrival = np.array([np.nan if a is None else a for a in arrived], dtype=np.float64)
     return Spans(flat.rank, flat.op_index, flat.kind, flat.stage, flat.chunk,
                  flat.direction, flat.mb, start, start + dur, consumer, dep, arrival, exposed)
+
+
+def _label(schedule, flat: _Flat, i: int) -> str:
+    """Atom i as people read it, e.g. ``F(stage 0, mb 1) on rank 0 chunk 0``."""
+    family = "FBW"[_FAMILY_OF_KIND[flat.kind[i]]]
+    return label((family, int(flat.stage[i]), int(flat.direction[i]), int(flat.mb[i])), schedule)
 
 
 def exposed_comm(spans: Spans, ranks: int) -> np.ndarray:

@@ -1,5 +1,5 @@
-"""The dependency rules between ops, in one place: validator, deadlock check, timing pass and
-simulator all read them from here.
+"""The dependency rules between ops, in one place: the validator, the deadlock check and the
+simulator (``pipesim.simulator``, the one place that decides when ops run) read them from here.
 
 An atomic op (F, B or W) is identified by its key ``(kind, stage, direction, mb)``: the model
 stage and stream it works on and the micro-batch index within that stream. Its data inputs:
@@ -12,20 +12,18 @@ Besides data, each rank runs its ops in list order: an op starts after the previ
 rank ends. An FB op's two atoms start together when the FB starts and end together when it
 ends, so each atom of an FB waits for the inputs of both.
 
-    from schedules.graph import validate, critical_path
+    from schedules.graph import validate
     validate(s)                                   # ScheduleError names missing ops or a cycle
-    critical_path(s, {"F": 1, "B": 2, "W": 1})    # (makespan, [keys on the longest chain])
 """
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Mapping
 
 import networkx as nx
 
 from schedules.ops import Op, Schedule, ScheduleError
 
-__all__ = ["build_graph", "critical_path", "duration_fn", "inputs", "key", "label", "validate"]
+__all__ = ["build_graph", "inputs", "key", "label", "validate"]
 
 Key = tuple[str, int, int, int]  # (kind, stage, direction, mb)
 
@@ -177,58 +175,3 @@ def validate(schedule: Schedule) -> None:
         f"{where} deadlocks: these ops wait on each other in a cycle\n  " + "\n  ".join(steps)
         + "\nops on the cycle, marked >>op<< in their ranks' orders:\n" + _show_ranks(schedule, marked)
     )
-
-
-Durations = Mapping[str, float] | Callable[[Op], float]
-
-
-def duration_fn(durations: Durations) -> Callable[[Op], float]:
-    """Turn ``{"F": f, "B": b, "W": w, "FB": fb}`` into a function of an op.
-
-    ``B`` is a full backward; a B that defers its weight-gradient (``w_deferred``) takes
-    ``B - W`` (the input-gradient part); ``FB`` defaults to ``F + B`` (no overlap gain). A callable
-    is returned unchanged.
-    """
-    if callable(durations):
-        return durations
-    f, b, w = float(durations["F"]), float(durations["B"]), float(durations.get("W", 0.0))
-    fb = float(durations["FB"]) if durations.get("FB") is not None else f + b
-    if b - w < 0:
-        raise ScheduleError(f"durations need B (full backward) >= W, got B={b}, W={w}")
-    table = {"F": f, "B": b, "W": w, "FB": fb}
-
-    def of(op: Op) -> float:
-        if op.kind == "B" and op.w_deferred:
-            return b - w
-        return table[op.kind]
-
-    return of
-
-
-def critical_path(schedule: Schedule, durations: Durations) -> tuple[float, list[Key]]:
-    """Makespan and the longest chain of atoms (data and rank-order edges) under ``durations``
-    (a mapping by kind, see ``duration_fn``, or a function of an op), zero communication.
-    An FB's atoms both take the FB's duration: they start and end together."""
-    of = duration_fn(durations)
-    g = build_graph(schedule)
-    try:
-        order = list(nx.topological_sort(g))
-    except nx.NetworkXUnfeasible:
-        validate(schedule)  # names the cycle
-        raise
-    end: dict[Key, float] = {}
-    via: dict[Key, Key | None] = {}
-    for n in order:
-        start, best = 0.0, None
-        for p in g.predecessors(n):
-            if end[p] > start or best is None and end[p] >= start:
-                start, best = end[p], p
-        end[n] = start + of(g.nodes[n]["op"])
-        via[n] = best
-    if not end:
-        return 0.0, []
-    last = max(end, key=end.get)
-    path = [last]
-    while via[path[-1]] is not None:
-        path.append(via[path[-1]])
-    return end[last], path[::-1]

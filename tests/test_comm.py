@@ -1,4 +1,5 @@
-"""Expert-parallel all-to-all: bytes, link class, and how an FB op overlaps it (DualPipe).
+"""Communication: all-to-all and TP bytes and link classes, p2p links shared by transfers, and
+how an FB op overlaps each half's all-to-all with the other's compute (DualPipe).
 
 Expected values are worked by hand from the formulas in pipesim/comm.py's docstring and the
 overlap rule in pipesim.simulator.Timing, never read from the code's output.
@@ -13,9 +14,10 @@ import pytest
 
 import pipesim
 import schedules
-from pipesim.comm import a2a_phase_bytes, a2a_phase_seconds, moe_layer_a2a_seconds
+from pipesim.comm import (a2a_phase_bytes, a2a_phase_seconds, moe_layer_a2a_phases, moe_layer_a2a_seconds,
+                          tp_layer_seconds, tp_sublayer_seconds)
 from pipesim.memory import KIND_BI
-from pipesim.simulator import Timing, exposed_comm, run
+from pipesim.simulator import Phases, Timing, exposed_comm, overlap, run
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -112,3 +114,125 @@ def test_scenario_ep_across_nodes_is_slower_than_within_one():
     fn, _ = moe_layer_a2a_seconds(many)
     assert fn > f1 > 0
     assert pipesim.simulate(many).spans.end.max() > pipesim.simulate(one).spans.end.max()
+
+
+def test_a_link_shared_by_two_transfers_halves_each_ones_bandwidth():
+    # GPipe pp=2, M=2; F = 1, B = 2, W = 0; each boundary tensor 4 bytes over a 1 byte/s link
+    # (4 s alone), no latency. Rank 0 sends F0's output at 1 and F1's at 2: alone 1..2 F0 sends
+    # 1 byte; from 2 both drain at 1/2 byte/s, so F0's 3 left take until 8, when F1 has sent
+    # 3 of its 4; F1's last byte alone arrives at 9. Rank 1 runs F0 [8,9], F1 [9,10], B0
+    # [10,12], B1 [12,14]; the gradients cross the other direction's link the same way: B0
+    # alone 12..14 (2 bytes), then both at 1/2: B0 done at 18, B1 (2 bytes left) alone to 20.
+    sch = schedules.build("gpipe", 2, 2)
+    t = Timing(f=(1.0, 1.0), b=(2.0, 2.0), w=(0.0, 0.0), hop=(0.0, 0.0),
+               p2p_bytes=(4.0, 4.0), p2p_bandwidth=1.0)
+    sp = run(sch, t)
+    got = {(int(r), "FBbW"[k], int(m)): (s, a) for r, k, m, s, a
+           in zip(sp.rank, sp.kind, sp.mb, sp.start, sp.arrival)}
+    assert got[(0, "F", 0)][1] == pytest.approx(8.0) and got[(0, "F", 1)][1] == pytest.approx(9.0)
+    assert got[(1, "F", 0)][0] == pytest.approx(8.0) and got[(1, "F", 1)][0] == pytest.approx(9.0)
+    assert got[(1, "B", 0)][1] == pytest.approx(18.0) and got[(1, "B", 1)][1] == pytest.approx(20.0)
+    assert got[(0, "B", 0)][0] == pytest.approx(18.0) and got[(0, "B", 1)][0] == pytest.approx(20.0)
+    # unshared, one transfer each: arrivals at 5 and 6 (4 s after each send)
+    alone = run(schedules.build("gpipe", 2, 1), t)
+    assert alone.arrival[0] == pytest.approx(5.0)
+
+
+def test_latency_follows_the_bytes():
+    sch = schedules.build("1f1b", 2, 1)
+    t = Timing(f=(1.0, 1.0), b=(2.0, 2.0), w=(0.0, 0.0), hop=(0.5, 0.5),
+               p2p_bytes=(2.0, 2.0), p2p_bandwidth=4.0)
+    sp = run(sch, t)
+    # rank 0's F ends at 1; 2 bytes at 4 B/s = 0.5 s, then 0.5 s latency: rank 1 starts at 2
+    assert sp.start[(sp.rank == 1) & (sp.kind == 0)][0] == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("forward,backward,want", [
+    # one layer each, phases of 1 s: F computes while B's first all-to-all runs, and so on in
+    # lockstep: 4 s, the sum of the computes (all communication hidden)
+    (((0, 1.0), (1, 1.0), (0, 1.0), (1, 1.0)), ((1, 1.0), (0, 1.0), (1, 1.0), (0, 1.0)), (4.0, 4.0)),
+    # F's dispatch takes 2: B's expert compute [1,2] waits for the network until 3 for its
+    # dispatch-gradient [3,4]; F's experts [3,4], then F's combine and B's attention [4,5]
+    (((0, 1.0), (1, 2.0), (0, 1.0), (1, 1.0)), ((1, 1.0), (0, 1.0), (1, 1.0), (0, 1.0)), (5.0, 5.0)),
+    # no communication at all: the two computes back to back, F first
+    (((0, 1.0), (1, 0.0)), ((1, 0.0), (0, 2.0)), (1.0, 3.0)),
+])
+def test_overlap_of_two_phase_chains_by_hand(forward, backward, want):
+    assert overlap(forward, backward) == pytest.approx(want)
+
+
+def _phased(S, ph, f, b, w):
+    cf = ph.layers * (ph.a2a[0] + ph.a2a[1])
+    cb = ph.layers * (ph.a2a[2] + ph.a2a[3])
+    return Timing(f=(f + cf,) * S, b=(b + cb,) * S, w=(w,) * S, hop=(0.0,) * S,
+                  comm_f=(cf,) * S, comm_b=(cb,) * S, phases=(ph,) * S)
+
+
+def test_dualpipe_fb_runs_each_moe_layers_phases():
+    # two MoE layers per stage, nothing else: F computes attention 0.2 + experts 0.3 per layer,
+    # B (input part) 0.4 + 0.6, W 0.2 + 0.3; every all-to-all 0.25 s. Per layer the chains pair
+    # F attention | B combine-grad, F dispatch | B experts, F experts | B dispatch-grad, F
+    # combine | B attention: max(.2,.25) + max(.25,.6) + max(.3,.25) + max(.25,.4) = 1.55 per
+    # layer for a BI half; with the full B (W inside) experts .9 and attention .6: 2.05.
+    ph = Phases(layers=2, attention=(0.4, 0.8, 0.4), experts=(0.6, 1.2, 0.6), a2a=(0.25,) * 4)
+    sch = schedules.build("dualpipe", 4, 8)
+    sp = run(sch, _phased(sch.num_stages, ph, 1.0, 3.0, 1.0))
+    fbs = _fb_spans(sch, sp)
+    assert fbs
+    for j, s, e in fbs:
+        assert e - s == pytest.approx(2 * (1.55 if sp.kind[j + 1] == KIND_BI else 2.05))
+
+
+def test_dualpipe_bubble_with_the_overlapped_pair():
+    # DeepSeek-V3 report, section 3.2.1: DualPipe's bubble (pp/2 - 1)(F&B + B - 3W), here with
+    # F = W = 1 (the setting the formula holds exactly), B = 2 alone (compute + all-to-all), and
+    # F&B the overlapped pair with a full B: F compute 0.7, B compute 1.6, all-to-all 0.3 / 0.4
+    # (each under the other's compute: F&B = 2.3); with 0.6 / 0.9 the F side shows 0.5
+    # (max(0.4, 0.9) + max(1.1, 0.6) = 2.0).
+    for cf, cb, fb in ((0.3, 0.4, 2.3), (0.6, 0.9, 2.0)):
+        for pp in (4, 8, 16):
+            sch = schedules.build("dualpipe", pp, 2 * pp)
+            S = sch.num_stages
+            sp = run(sch, Timing(f=(1.0,) * S, b=(2.0,) * S, w=(1.0,) * S, hop=(0.0,) * S,
+                                 comm_f=(cf,) * S, comm_b=(cb,) * S))
+            busy = np.bincount(sp.rank, weights=sp.end - sp.start)
+            assert (sp.end.max() - busy).max() == pytest.approx((pp / 2 - 1) * (fb + 2.0 - 3 * 1.0))
+
+
+def test_tp_collectives_by_hand():
+    sc = pipesim.load_scenario(ROOT / "scenarios" / "v3_pp16.toml")
+    p, t, hw = sc.parallel, sc.training, sc.hardware
+    assert p.tp == 2 and p.tp <= hw.node_size
+    # ring all-gather + reduce-scatter of b*s*h BF16 values: 2 (tp-1)/tp of the tensor over NVLink
+    tensor = t.micro_batch_size * t.seq_len // p.cp * sc.model.hidden * 2
+    one = 2 * (2 - 1) / 2 * tensor / (hw.nvlink_bandwidth_gbps * 1e9)
+    assert tp_sublayer_seconds(sc) == pytest.approx(one)
+    # a MoE layer with etp = 1: attention only; a dense layer: attention and MLP; the paper's
+    # full recomputation runs each forward's collectives again in the backward
+    assert p.etp == 1 and t.recompute == "full"
+    assert tp_layer_seconds(sc, moe=True) == pytest.approx((one, 2 * one))
+    assert tp_layer_seconds(sc, moe=False) == pytest.approx((2 * one, 4 * one))
+    one_gpu = dataclasses.replace(sc, parallel=dataclasses.replace(p, tp=1, sp=False))
+    assert tp_sublayer_seconds(one_gpu) == 0.0
+
+
+def test_full_recompute_repeats_the_forward_all_to_all():
+    sc = pipesim.load_scenario(ROOT / "scenarios" / "v3_dualpipe.toml")
+    d, c, cg, dg = moe_layer_a2a_phases(sc)
+    none = dataclasses.replace(sc, training=dataclasses.replace(sc.training, recompute="none", keep=()))
+    full = dataclasses.replace(sc, training=dataclasses.replace(sc.training, recompute="full", keep=()))
+    assert moe_layer_a2a_seconds(none) == pytest.approx((d + c, cg + dg))
+    assert moe_layer_a2a_seconds(full) == pytest.approx((d + c, cg + dg + d + c))
+
+
+def test_one_f_one_b_pays_ep_across_nodes_dualpipe_hides_it():
+    """The reason DualPipe exists: with EP 64 across 8 nodes the all-to-all is a large share of
+    each op; 1F1B waits for all of it, DualPipe's FB pairs hide most of it."""
+    sc = pipesim.load_scenario(ROOT / "scenarios" / "v3_dualpipe.toml")
+    res = pipesim.simulate(sc)
+    sp, tm = res.spans, res.workload.timing
+    exposed = exposed_comm(sp, res.ranks)
+    total = np.zeros(res.ranks)
+    np.add.at(total, sp.rank, np.asarray(tm.comm_f)[sp.stage] * (sp.kind == 0)
+              + np.asarray(tm.comm_b)[sp.stage] * np.isin(sp.kind, (1, 2)))
+    assert (exposed < total).all()          # the pairs hid part of every rank's all-to-all

@@ -4,15 +4,15 @@ Activations in flight per rank are counted at op boundaries: +1 at each F atom, 
 atom (the B frees the stage's activations; a deferred W keeps only the weight-gradient inputs,
 so it is not counted), in chunk units (one stage's activations for one micro-batch).
 
-Bubbles use ``schedules.timing.unit_times`` (zero communication): bubble = makespan - busy.
+Bubbles use ``pipesim.simulator.unit_times`` (the simulator with fixed op times and zero
+communication): bubble = makespan - busy.
 """
 from __future__ import annotations
 
 import pytest
 
 import schedules
-from schedules.graph import critical_path
-from schedules.timing import bubbles, unit_times
+from pipesim.simulator import Timing, bubbles, critical_path, run, unit_times
 
 PPS = (1, 2, 3, 4, 8, 16)
 
@@ -118,9 +118,15 @@ def test_critical_path_equals_timing_makespan(name, F, B, W, FB):
         except schedules.ScheduleError:
             continue
         spans, makespan = unit_times(s, F, B, W, FB)
-        length, path = critical_path(s, {"F": F, "B": B, "W": W, "FB": FB})
-        assert length == pytest.approx(makespan)
-        # the path starts at a first-stage forward and its atoms are real ops of the schedule
-        assert path[0][0] == "F" and path[0][1] == 0
-        for (kind, stage, d, mb), (k2, s2, d2, m2) in zip(path, path[1:]):
-            assert (kind, stage, d, mb) != (k2, s2, d2, m2)
+        S = s.num_stages
+        sp = run(s, Timing(f=(F,) * S, b=(B,) * S, w=(W,) * S, hop=(0.0,) * S,
+                           fb=None if FB is None else (FB,) * S))
+        path = critical_path(sp)
+        # a chain without gaps from t = 0 to the makespan: it starts with a first-stage forward,
+        # each atom starts when the one before it on the chain ends, and their times add up
+        first = path[0]
+        assert sp.start[first] == 0 and sp.kind[first] == 0 and sp.stage[first] in (0, S - 1)
+        for a, b in zip(path, path[1:]):
+            assert sp.start[b] == pytest.approx(sp.end[a])
+        assert sum(sp.end[i] - sp.start[i] for i in path) == pytest.approx(makespan)
+        assert sp.end[path[-1]] == pytest.approx(makespan)

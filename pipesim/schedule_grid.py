@@ -2,7 +2,7 @@
 
     python -m pipesim schedule 1f1b --pp 4 --microbatches 8
 
-Times come from ``schedules.timing.unit_times`` (default F=1, B=2 full backward, W=1, so a
+Times come from ``pipesim.simulator.unit_times`` (default F=1, B=2 full backward, W=1, so a
 deferred B takes 1 and an FB 3). An op that lasts k units spans k cells: its token, then ``-``
 to the end of its span; ``.`` is an idle unit. Tokens: kind and micro-batch (``F3``), with the
 chunk as a letter when a rank holds several (``F3a`` chunk 0, ``F3b`` chunk 1, ...); ``b`` is a
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import math
 
+from pipesim.simulator import unit_times
 from schedules.ops import Op, Schedule
-from schedules.timing import unit_times
 
 __all__ = ["render", "token"]
 
