@@ -189,7 +189,7 @@ def atom_templates(spans, templates: dict) -> tuple[np.ndarray, list[Template]]:
         if other:
             u = other - 1
             t = overlapped(t, templates[(u // 4, u % 4)])
-        ident = (id(templates[(own // 4, own % 4)]), other and id(templates[((other - 1) // 4, (other - 1) % 4)]))
+        ident = (t.frac.tobytes(), t.cat.tobytes(), t.delta.tobytes())   # equal by value
         lut[i] = by_id.setdefault(ident, len(distinct))
         if lut[i] == len(distinct):
             distinct.append(t)

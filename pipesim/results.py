@@ -3,9 +3,8 @@
 The total allocated on a rank is the running sum of its ledger records; fragmentation adds
 ``fraction × allocated`` on top (a strictly increasing function, so it peaks where the
 allocated bytes do). The peak is the first record at which the total is highest, its breakdown
-the per-category level there, the op in flight the atom whose span holds it. Peaks are found per
-atom (``pipesim.peaks``); the ledger itself, one record per layer, is built only when a
-timeline is asked for (plots, ``timeline.csv``).
+the per-category level there, the op in flight the atom whose span holds it (``pipesim.peaks``,
+over the ledger: one record per layer-level allocation or release).
 """
 from __future__ import annotations
 
@@ -99,9 +98,9 @@ class Result:
 
     @cached_property
     def peaks(self) -> tuple[RankPeak, ...]:
-        wl, sch = self.workload, self.workload.schedule
+        sch = self.workload.schedule
         out = []
-        for p in find_peaks(self.spans, wl.templates, wl.static, self.p2p):
+        for p in find_peaks(self.ledger, self.ranks):
             breakdown = {c: int(v) for c, v in zip(CATEGORIES, p.by_category.tolist())}
             frag = int(self.fragmentation_bytes(p.allocated))
             breakdown["fragmentation"] = frag

@@ -39,8 +39,6 @@ per (kind, stage, direction) and its answer applied to every micro-batch at once
 """
 from __future__ import annotations
 
-import gc
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -332,23 +330,6 @@ def _dependencies(schedule, flat: _Flat) -> list[tuple[np.ndarray, np.ndarray]]:
                                 f"{kind}(stage {ds}, mb {flat.mb[i]}), which no rank runs")
         pairs.append((sel, prod))
     return pairs
-
-
-@contextmanager
-def collector_paused():
-    """Pause Python's cyclic garbage collector around ``pipesim.simulate``.
-
-    A step creates tens of thousands of short-lived objects (SimPy events, arrays), and the
-    collector would walk every live object again and again; nothing here relies on it, and
-    whatever cycles are left are collected once it is back on. Measured by
-    ``benchmarks/speed.py --gc``."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _edges(schedule, flat: _Flat) -> tuple[np.ndarray, np.ndarray]:
