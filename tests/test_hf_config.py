@@ -104,3 +104,47 @@ def test_model_verb_reads_hf_config_without_a_scenario(tmp_path, capsys):
     assert main(["model", "--hf", str(p)]) == 0
     text = capsys.readouterr().out
     assert "8,030,261,248" in text                    # the model total in Table 3
+
+
+# Dense GQA models, dimensions from each model's config.json on the Hugging Face hub
+# (huggingface.co/mistralai/Mistral-7B-v0.1, huggingface.co/Qwen/Qwen2-7B/blob/main/config.json,
+# huggingface.co/Qwen/Qwen3-8B: "head_dim": 128 given explicitly, 32 heads x 128 = 4096) and the
+# totals their model cards publish (Mistral-7B 7.24B; Qwen2-7B 7.62B; Qwen3-8B 8.19B parameters).
+DENSE_GQA = {
+    "mistral-7b-v0.1": ({"architectures": ["MistralForCausalLM"], "hidden_size": 4096,
+                         "num_attention_heads": 32, "num_key_value_heads": 8, "num_hidden_layers": 32,
+                         "intermediate_size": 14336, "vocab_size": 32000, "tie_word_embeddings": False},
+                        7.24e9),
+    "qwen2-7b": ({"architectures": ["Qwen2ForCausalLM"], "hidden_size": 3584, "num_attention_heads": 28,
+                  "num_key_value_heads": 4, "num_hidden_layers": 28, "intermediate_size": 18944,
+                  "vocab_size": 152064, "tie_word_embeddings": False}, 7.62e9),
+    "qwen3-8b": ({"architectures": ["Qwen3ForCausalLM"], "hidden_size": 4096, "num_attention_heads": 32,
+                  "num_key_value_heads": 8, "head_dim": 128, "num_hidden_layers": 36,
+                  "intermediate_size": 12288, "vocab_size": 151936, "tie_word_embeddings": False}, 8.19e9),
+}
+
+
+def _dense_gqa_total(c: dict, bias: bool, qk_norm: bool) -> int:
+    """The parameters of a Llama-style dense GQA model worked from the config by hand: per layer
+    W_Q h·n_h·d, W_K and W_V h·g·d each, W_O n_h·d·h, SwiGLU 3·h·f, two RMSNorms 2h; Qwen2 adds
+    the q, k, v biases (n_h + 2g)·d, Qwen3 the per-head q and k norm weights 2d; then the
+    embedding and the untied head V·h each and the final norm h."""
+    h, nh, g, f = c["hidden_size"], c["num_attention_heads"], c["num_key_value_heads"], c["intermediate_size"]
+    d = c.get("head_dim", h // nh)
+    layer = h * nh * d + 2 * h * g * d + nh * d * h + 3 * h * f + 2 * h
+    layer += (nh + 2 * g) * d if bias else 0
+    layer += 2 * d if qk_norm else 0
+    return c["num_hidden_layers"] * layer + 2 * c["vocab_size"] * h + h
+
+
+@pytest.mark.parametrize("name", sorted(DENSE_GQA))
+def test_dense_gqa_configs_match_the_published_totals(tmp_path, name):
+    cfg, published = DENSE_GQA[name]
+    m = read_hf_config(write(tmp_path, name, cfg))
+    m.validate()
+    assert (m.attention, m.routed_experts, m.qkv_bias, m.qk_norm) == (
+        "gqa", 0, name.startswith("qwen2"), name.startswith("qwen3"))
+    assert m.head_dim == 128 and m.kv_groups == cfg["num_key_value_heads"]
+    total = model_params(m, mtp=True)
+    assert total == _dense_gqa_total(cfg, m.qkv_bias, m.qk_norm)
+    assert abs(total - published) <= 0.005 * published, f"{name}: {total:,} vs published {published:,.0f}"
