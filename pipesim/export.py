@@ -9,16 +9,16 @@ or a signal leaves the previous results complete and no temporary folder behind.
 from __future__ import annotations
 
 import contextlib
-import csv
 import ctypes
 import errno
-import io
+import gzip
 import json
 import os
 import shutil
 import signal
 import stat
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -31,30 +31,57 @@ def summary_json(result) -> str:
     return json.dumps(result.summary(), indent=2, sort_keys=True) + "\n"
 
 
-def timeline_csv(result) -> str:
-    """One row per ledger record: time, rank, category, delta, the rank's total after it."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["time_ms", "rank", "category", "delta_bytes", "rank_total_bytes"])
+#: The op columns of ``timeline.csv``: what made each record. ``op`` is the atom's kind (F, B,
+#: BI: a backward that defers W, W), or ``static`` for the records at t=0 (weights, optimizer...).
+TIMELINE_HEADER = ("time_ms,rank,category,delta_bytes,rank_total_bytes,"
+                   "op,microbatch,stage,chunk,direction")
+_ATOM_KINDS = ("F", "B", "BI", "W")
+_ROWS_PER_CHUNK = 1 << 16
+
+
+def timeline_csv(result) -> Iterator[str]:
+    """``timeline.csv`` as text chunks (``_ROWS_PER_CHUNK`` rows each), never the whole file in
+    memory: one row per ledger record, rank by rank in causal order: time, rank, category, delta,
+    the rank's total after it (allocated + fragmentation), and the atom that made it (its kind,
+    micro-batch, stage, chunk, direction; empty for static records). A p2p record names the atom
+    whose boundary tensor it holds. Hand it to ``text_writer`` (``.gz`` names are compressed)."""
+    yield TIMELINE_HEADER + "\n"
+    sp = result.spans
+    # the op columns depend on the atom alone: formatted once per atom, not once per record
+    ops = [f"{_ATOM_KINDS[k]},{m},{s},{c},{d}" for k, m, s, c, d in
+           zip(sp.kind.tolist(), sp.mb.tolist(), sp.stage.tolist(), sp.chunk.tolist(), sp.direction.tolist())]
+    ops.append("static,,,,")                 # atom -1
     names = CATEGORIES
     for r in range(result.ranks):
         times, tot = result.total(r)
-        cats = result.ledger.cat[result.records(r)]
-        deltas = result.ledger.delta[result.records(r)]
-        for t, c, d, s in zip(times.tolist(), cats.tolist(), deltas.tolist(), tot.tolist()):
-            w.writerow([f"{t * 1e3:.6f}", r, names[c], d, s])
-    return buf.getvalue()
+        rec = result.records(r)
+        ms = times * 1e3
+        cats, deltas, atoms = result.ledger.cat[rec], result.ledger.delta[rec], result.ledger.atom[rec]
+        for lo in range(0, len(ms), _ROWS_PER_CHUNK):
+            hi = lo + _ROWS_PER_CHUNK
+            yield "".join([f"{t:.6f},{r},{names[c]},{d},{s},{ops[a]}\n" for t, c, d, s, a in
+                           zip(ms[lo:hi].tolist(), cats[lo:hi].tolist(), deltas[lo:hi].tolist(),
+                               tot[lo:hi].tolist(), atoms[lo:hi].tolist())])
 
 
 class OutputError(ValueError):
     """An output folder pipesim cannot write; the message names the path and the problem."""
 
 
+#: The files each pipesim verb writes. A verb's files form one set of results: when a verb
+#: writes into a folder, its own files this run did not write (``run --plots none`` after a run
+#: with plots, a ``timeline.csv`` after a ``timeline.csv.gz``) are removed, so none is left
+#: looking current; other verbs' files are carried over.
+VERB_OUTPUTS = {
+    "run": frozenset({"summary.json", "timeline.csv", "timeline.csv.gz", "memory.png", "peaks.png",
+                      "schedule.png", "trace.json", "trace.json.gz"}),
+    "compare": frozenset({"compare.csv", "compare.png"}),
+    "sweep": frozenset({"sweep.csv", "sweep.png"}),
+    "score": frozenset({"score.json", "score.png"}),
+}
 #: Every file a pipesim verb writes. An existing output folder holding anything else is not
 #: replaced (it is someone's folder, not a results folder): the run is refused before it starts.
-OUTPUT_NAMES = frozenset({"summary.json", "timeline.csv", "memory.png", "peaks.png", "schedule.png",
-                          "trace.json", "compare.csv", "compare.png", "sweep.csv", "sweep.png",
-                          "score.json", "score.png"})
+OUTPUT_NAMES = frozenset().union(*VERB_OUTPUTS.values())
 _TMP_PREFIX = ".pipesim-"
 
 
@@ -115,7 +142,7 @@ def write_outputs(out_dir: Path, writers: dict) -> list[Path]:
             write(tmp / name)
         if os.path.isdir(target):
             os.chmod(tmp, stat.S_IMODE(os.stat(target).st_mode))
-            for entry in sorted(set(os.listdir(target)) & OUTPUT_NAMES - set(writers)):
+            for entry in sorted(set(os.listdir(target)) & _carried(set(writers))):
                 shutil.copy2(target / entry, tmp / entry)
         else:
             umask = os.umask(0)
@@ -136,6 +163,12 @@ def write_outputs(out_dir: Path, writers: dict) -> list[Path]:
             raise OutputError(f"{out}: could not write the outputs: {exc.strerror or exc}") from None
         raise
     return [out / name for name in writers]
+
+
+def _carried(written: set[str]) -> frozenset[str]:
+    """The pipesim files of a folder that survive a write of ``written``: those of the verbs that
+    wrote none of ``written`` (see ``VERB_OUTPUTS``)."""
+    return frozenset().union(*(names for names in VERB_OUTPUTS.values() if not names & written))
 
 
 def _discard(folder: Path | None) -> None:
@@ -209,32 +242,101 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(b))
 
 
-def text_writer(text: str):
+def text_writer(text: str | Iterable[str]):
+    """A writer (callable(path)) for ``text``: a string, or an iterable of chunks written as they
+    come (``timeline_csv``, ``trace_json``), so a large file is never one string in memory. A path
+    ending in ``.gz`` is gzip-compressed (level 1: about as small as level 6 on these repetitive
+    rows, several times faster)."""
     def write(path: Path) -> None:
-        path.write_text(text, encoding="utf-8")
+        chunks = [text] if isinstance(text, str) else text
+        if Path(path).suffix == ".gz":
+            # mtime=0: the same results give the same bytes
+            with open(path, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw,
+                                                        compresslevel=1, mtime=0) as gz:
+                for chunk in chunks:
+                    gz.write(chunk.encode("utf-8"))
+        else:
+            with open(path, "w", encoding="utf-8", newline="") as f:
+                f.writelines(chunks)
     return write
 
 
-def trace_json(result) -> str:
-    """Chrome / Perfetto trace: one slice per op, one memory counter (GiB) per rank.
+def compressed(name: str, gzip_outputs: bool) -> str:
+    """The file name ``name`` gets: ``name + ".gz"`` when the outputs are to be compressed (for a
+    ``--gzip`` flag: ``writers[compressed("timeline.csv", args.gzip)] = text_writer(...)``)."""
+    return name + ".gz" if gzip_outputs else name
 
-    Open in ui.perfetto.dev or chrome://tracing. Times are microseconds; each rank is a thread.
+
+_SLICE_KINDS = ("F", "B", "B (input grad)", "W")
+
+
+def trace_json(result) -> Iterator[str]:
+    """Chrome / Perfetto trace (open in ui.perfetto.dev), as text chunks for ``text_writer``.
+
+    One process per rank (pid = rank): thread 0 holds one slice per op (an FB op is one slice
+    naming both halves), and counter ``memory`` holds one series per category (fragmentation
+    included, so the series add up to ``timeline.csv``'s ``rank_total_bytes``), in bytes.
+    A p2p transfer is a flow from its producer's slice to its consumer's. Times are integer
+    microseconds; a slice's end is clamped to the next slice's start on its track, so rounding
+    never makes two slices overlap (Perfetto would nest or drop them). A counter sample at
+    microsecond ``ts`` is the level after the last record that rounds to ``ts``; a series is
+    sampled only where it changes.
     """
     sp = result.spans
-    names = ("F", "B", "B (input grad)", "W")
-    events = []
-    for i in range(len(sp.start)):
-        events.append({"name": f"{names[sp.kind[i]]} mb {int(sp.mb[i])}", "ph": "X", "pid": 0,
-                       "tid": int(sp.rank[i]), "ts": round(float(sp.start[i]) * 1e6, 3),
-                       "dur": round(float(sp.end[i] - sp.start[i]) * 1e6, 3),
-                       "args": {"stage": int(sp.stage[i]), "chunk": int(sp.chunk[i]),
-                                "direction": int(sp.direction[i])}})
+    sch = result.workload.schedule
+    dirs = sch.num_directions > 1
+    yield '{"displayTimeUnit": "ms", "traceEvents": [\n'
+    yield '{"ph": "M", "name": "process_name", "pid": 0, "args": {"name": "rank 0"}}'
+    start_us = np.rint(sp.start * 1e6).astype(np.int64)
+    end_us = np.rint(sp.end * 1e6).astype(np.int64)
+    # one slice per op: the atoms of a rank's op (two for FB) share (rank, op_index)
+    key = sp.rank.astype(np.int64) * (int(sp.op_index.max(initial=0)) + 1) + sp.op_index
+    first = np.nonzero(np.append(True, key[1:] != key[:-1]))[0] if len(key) else np.zeros(0, np.int64)
+    op_of_atom = np.cumsum(np.append(True, key[1:] != key[:-1])) - 1 if len(key) else first
+    op_start = np.minimum.reduceat(start_us, first) if len(first) else first
+    op_end = np.maximum.reduceat(end_us, first) if len(first) else first
+    op_rank = sp.rank[first]
+    nxt = np.append(op_start[1:], np.iinfo(np.int64).max)
+    same = np.append(op_rank[1:] == op_rank[:-1], False)
+    op_end = np.where(same, np.minimum(op_end, nxt), op_end)
+    op_end = np.maximum(op_end, op_start)
+    label = [f"{_SLICE_KINDS[k]} mb {m} stage {s}" + (f" dir {d}" if dirs else "") for k, m, s, d in
+             zip(sp.kind.tolist(), sp.mb.tolist(), sp.stage.tolist(), sp.direction.tolist())]
+    names = {}
+    for i, o in enumerate(op_of_atom.tolist()):
+        names[o] = names[o] + " + " + label[i] if o in names else label[i]
+    out = []
+    for o, (a, r, t0, t1) in enumerate(zip(first.tolist(), op_rank.tolist(), op_start.tolist(), op_end.tolist())):
+        op = sch.ranks[r][int(sp.op_index[a])]
+        out.append(f',\n{{"ph": "X", "name": "{names[o]}", "pid": {r}, "tid": 0, "ts": {t0}, "dur": {t1 - t0}, '
+                   f'"args": {{"op": {json.dumps(str(op))}, "stage": {sp.stage[a]}, "chunk": {sp.chunk[a]}, '
+                   f'"direction": {sp.direction[a]}, "microbatch": {sp.mb[a]}}}}}')
+    yield "".join(out)
+    # flows: a p2p transfer leaves at the producer's end (inside its slice) and binds to the
+    # consumer's slice ("bp": "e": the slice enclosing the flow's end point)
+    out = []
+    for a in np.nonzero(sp.consumer >= 0)[0].tolist():
+        c = int(sp.consumer[a])
+        pa, pc = op_of_atom[a], op_of_atom[c]
+        leave = max(int(op_start[pa]), int(op_end[pa]) - 1)
+        out.append(f',\n{{"ph": "s", "name": "p2p", "cat": "p2p", "id": {a}, "pid": {sp.rank[a]}, "tid": 0, '
+                   f'"ts": {leave}, "args": {{"arrival_us": {round(float(sp.arrival[a]) * 1e6, 3)}}}}}'
+                   f',\n{{"ph": "f", "bp": "e", "name": "p2p", "cat": "p2p", "id": {a}, "pid": {sp.rank[c]}, '
+                   f'"tid": 0, "ts": {int(op_start[pc])}}}')
+    yield "".join(out)
+    series = list(CATEGORIES) + ["fragmentation"]
     for r in range(result.ranks):
-        events.append({"name": "thread_name", "ph": "M", "pid": 0, "tid": r, "args": {"name": f"rank {r}"}})
-        times, tot = result.total(r)
-        # one counter sample per distinct time: the level after the last record at that time
-        last = np.append(times[1:] != times[:-1], True)
-        for t, v in zip(times[last].tolist(), tot[last].tolist()):
-            events.append({"name": f"memory rank {r} (GiB)", "ph": "C", "pid": 0, "ts": round(t * 1e6, 3),
-                           "args": {"GiB": round(v / 2 ** 30, 4)}})
-    return json.dumps({"traceEvents": events, "displayTimeUnit": "ms"}) + "\n"
+        out = [f',\n{{"ph": "M", "name": "process_name", "pid": {r}, "args": {{"name": "rank {r}"}}}}' * (r > 0),
+               f',\n{{"ph": "M", "name": "thread_name", "pid": {r}, "tid": 0, "args": {{"name": "ops"}}}}']
+        times, levels = result.timeline(r)
+        if len(times):
+            ts = np.rint(times * 1e6).astype(np.int64)
+            last = np.append(ts[1:] != ts[:-1], True)
+            ts, levels = ts[last], levels[last]
+            changed = np.vstack([np.ones((1, levels.shape[1]), bool), levels[1:] != levels[:-1]])
+            for t, row, ch in zip(ts.tolist(), levels.tolist(), changed.tolist()):
+                args = ", ".join(f'"{series[c]}": {row[c]}' for c in range(len(series)) if ch[c])
+                if args:
+                    out.append(f',\n{{"ph": "C", "name": "memory", "pid": {r}, "ts": {t}, "args": {{{args}}}}}')
+        yield "".join(out)
+    yield "\n]}\n"
