@@ -106,10 +106,16 @@ def test_model_verb_reads_hf_config_without_a_scenario(tmp_path, capsys):
     assert "8,030,261,248" in text                    # the model total in Table 3
 
 
-# Dense GQA models, dimensions from each model's config.json on the Hugging Face hub
-# (huggingface.co/mistralai/Mistral-7B-v0.1, huggingface.co/Qwen/Qwen2-7B/blob/main/config.json,
-# huggingface.co/Qwen/Qwen3-8B: "head_dim": 128 given explicitly, 32 heads x 128 = 4096) and the
-# totals their model cards publish (Mistral-7B 7.24B; Qwen2-7B 7.62B; Qwen3-8B 8.19B parameters).
+# Dense GQA models, dimensions from each model's config.json on the Hugging Face hub, checked
+# against public copies found with the search tool: Mistral-7B-v0.1 (huggingface.co/mistralai/
+# Mistral-7B-v0.1; sumitdotml/transformers mistral-7b-v0.1/README.md: dim 4096, 32 layers, 32/8
+# heads of 128, hidden 14336, vocab 32000); Qwen2-7B (huggingface.co/Qwen/Qwen2-7B; the Instruct
+# model's config and module tree printed in Retruth/deontic nlp_models/qwen2/README.md: 3584,
+# 28/4 heads, 28 layers, 18944, vocab 152064, q/k/v_proj bias=True, o_proj bias=False);
+# Qwen3-8B (huggingface.co/Qwen/Qwen3-8B; sanjithudupa/compute-aware-arch-search
+# Qwen3-8B/config.json: "head_dim": 128 given explicitly, 4096, 32/8 heads, 36 layers, 12288,
+# vocab 151936, untied). Totals as their model cards publish them: Mistral-7B 7.24B, Qwen2-7B
+# 7.62B, Qwen3-8B 8.19B parameters.
 DENSE_GQA = {
     "mistral-7b-v0.1": ({"architectures": ["MistralForCausalLM"], "hidden_size": 4096,
                          "num_attention_heads": 32, "num_key_value_heads": 8, "num_hidden_layers": 32,
