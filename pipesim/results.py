@@ -15,6 +15,7 @@ import numpy as np
 
 from pipesim.memory import CATEGORIES, GIB, STATIC, build_ledger
 from pipesim.peaks import find_peaks
+from pipesim.simulator import exposed_comm
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,12 @@ class Result:
     def peak_rank(self) -> int:
         return max(self.peaks, key=lambda p: p.bytes).rank
 
+    @cached_property
+    def exposed_comm(self) -> np.ndarray:
+        """Seconds per rank its compute stream waits on its own all-to-all and TP collectives
+        (``pipesim.simulator.exposed_comm``): part of ``busy``, the time overlap could win back."""
+        return exposed_comm(self.spans, self.ranks)
+
     def busy(self, rank: int) -> float:
         sel = self.spans.rank == rank
         return float((self.spans.end[sel] - self.spans.start[sel]).sum())
@@ -191,7 +198,8 @@ class Result:
                    "verdict": self.verdict(p.rank), "headroom_bytes": self.capacity_bytes - p.bytes}
             row.update({f"{c}_bytes": n for c, n in p.breakdown.items()})
             row.update({"resident": len(live) - waiting_w, "resident_awaiting_w": waiting_w,
-                        "busy_ms": self.busy(p.rank) * 1e3, "bubble_fraction": self.bubble_fraction(p.rank)})
+                        "busy_ms": self.busy(p.rank) * 1e3, "bubble_fraction": self.bubble_fraction(p.rank),
+                        "exposed_comm_ms": float(self.exposed_comm[p.rank]) * 1e3})
             rows.append(row)
         return rows
 
@@ -216,6 +224,7 @@ class Result:
                 "activations_by_module_at_peak": self.activations_by_module(p.rank),
                 "headroom_bytes": self.capacity_bytes - p.bytes,
                 "bubble_fraction": round(self.bubble_fraction(p.rank), 6),
+                "exposed_comm_ms": round(float(self.exposed_comm[p.rank]) * 1e3, 6),
             })
         worst = self.peaks[self.peak_rank]
         return {

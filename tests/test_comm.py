@@ -236,3 +236,15 @@ def test_one_f_one_b_pays_ep_across_nodes_dualpipe_hides_it():
     np.add.at(total, sp.rank, np.asarray(tm.comm_f)[sp.stage] * (sp.kind == 0)
               + np.asarray(tm.comm_b)[sp.stage] * np.isin(sp.kind, (1, 2)))
     assert (exposed < total).all()          # the pairs hid part of every rank's all-to-all
+
+
+def test_summary_reports_what_1f1b_waits_on():
+    # 1F1B runs every op alone: each rank waits for all of its stage's all-to-all and TP
+    # collectives, M times per direction: M * (comm_f + tp_f + comm_b + tp_b) of its stage
+    sc = pipesim.load_scenario(ROOT / "scenarios" / "v3_pp16.toml")
+    res = pipesim.simulate(sc)
+    tm = res.workload.timing
+    for r, row in enumerate(res.summary()["ranks"]):
+        want = sc.microbatches * (tm.comm_f[r] + tm.tp_f[r] + tm.comm_b[r] + tm.tp_b[r])
+        assert row["exposed_comm_ms"] == pytest.approx(want * 1e3, rel=1e-6)
+        assert res.table()[r]["exposed_comm_ms"] == pytest.approx(want * 1e3, rel=1e-9)
