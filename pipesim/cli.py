@@ -193,6 +193,10 @@ def _sweep(args) -> int:
     from pipesim.export import text_writer
 
     overrides = parse_sets(args.set)
+    if args.grid or args.global_batch is not None or args.workers is not None or args.dask is not None:
+        return _grid(args, overrides)
+    if args.key is None or not args.values:
+        raise UsageError("sweep: give KEY VALUE... or one or more -k KEY=A,B")
     values = [parse_value(v, f"sweep {args.key} value") for v in args.values]
     first = sweep.scenarios(args.scenario, args.key, values, overrides)[0]    # every value checked
     _output(args, f"{first.name}-sweep-{args.key}")                           # before the runs
@@ -200,6 +204,101 @@ def _sweep(args) -> int:
     print(sweep.table(sw))
     return _write(args, f"{sw.name}-sweep-{args.key}", {"sweep.csv": text_writer(sweep.csv_text(sw)),
                                                         "sweep.png": lambda p: sweep.png(sw, p)})
+
+
+_KEY_PROBLEMS = ("unknown key", "unknown section", "not a key path", "is a value, not a table")
+
+
+def grid_axes(scenario, items: list[str], positional=None, overrides=None) -> dict:
+    """``-k KEY=A,B`` arguments (and the single-key form's KEY VALUE...) as key -> values.
+
+    A key the scenario does not have, or a value that is not TOML, is a ``UsageError``: one line
+    naming the key and what is allowed."""
+    from pipesim import grid
+
+    axes = {}
+    if positional is not None and positional[0] is not None:
+        key, values = positional
+        axes[key] = [parse_value(v, f"sweep {key} value") for v in values]
+    for item in items:
+        key, eq, text = item.partition("=")
+        key = key.strip()
+        if not eq or not key or not text.strip():
+            raise UsageError(f"-k {item!r}: expected KEY=A,B,..., e.g. -k training.micro_batch_size=1,2,4")
+        if key in axes:
+            raise UsageError(f"-k {key}: given twice; list every value once, e.g. -k {key}=A,B")
+        axes[key] = [parse_value(v, f"-k {key} value") for v in grid.split_values(text)]
+    for key, values in axes.items():
+        try:
+            grid.scenario_of(str(scenario), {**(overrides or {}), key: values[0]}, (key,))
+        except ScenarioError as exc:
+            if any(p in str(exc) for p in _KEY_PROBLEMS):
+                raise UsageError(f"-k {key}: {str(exc).removeprefix(f'{Path(scenario)}: ')}") from None
+        except schedules.ScheduleError:
+            pass
+    return axes
+
+
+def _grid(args, overrides: dict) -> int:
+    """``sweep -k KEY=A,B ...``: the cartesian grid, on processes or dask; sweep.csv, sweep.jsonl."""
+    from pipesim import grid
+    from pipesim.export import text_writer
+
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers: must be >= 1, got {args.workers}")
+    if args.global_batch is not None and args.global_batch < 1:
+        raise UsageError(f"--global-batch: must be >= 1, got {args.global_batch}")
+    base = load_scenario(args.scenario, overrides)          # the file itself must be valid
+    axes = grid_axes(args.scenario, args.grid, (args.key, args.values), overrides)
+    default = f"{base.name}-sweep"
+    _output(args, default)                                   # before the runs
+    pts = grid.points(axes)
+    bar = None
+    if not args.quiet and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(pts), unit="pt", file=sys.stderr, desc="sweep")
+    try:
+        rows = grid.run(args.scenario, pts, overrides, args.global_batch, args.workers, args.dask,
+                        progress=bar.update if bar else None)
+    finally:
+        if bar is not None:
+            bar.close()
+    ok = [r for r in rows if r["status"] == "ok"]
+    with contextlib.redirect_stdout(sys.stderr if args.quiet else sys.stdout):
+        if not args.quiet:
+            print(grid_table(base, axes, rows))
+        _write(args, default, {"sweep.csv": text_writer(grid.csv_text(rows, list(axes))),
+                               "sweep.jsonl": text_writer(grid.jsonl_text(rows))})
+    return 0 if ok else 2
+
+
+def grid_table(base, axes: dict, rows: list[dict], limit: int = 40) -> str:
+    """The grid as text: a line of counts, the valid points (fastest first, up to ``limit``) and
+    the invalid ones with their reason."""
+    from pipesim.memory import GIB
+    from pipesim.report import aligned
+    from pipesim.sweep import value_text
+
+    ok = [r for r in rows if r["status"] == "ok"]
+    bad = [r for r in rows if r["status"] != "ok"]
+    fits = [r for r in ok if r["verdict"] != "OOM"]
+    keys = list(axes)
+    lines = [f"{base.name}: grid of {' x '.join(f'{k} ({len(v)})' for k, v in axes.items())} = "
+             f"{len(rows)} points: {len(fits)} fit, {len(ok) - len(fits)} OOM, {len(bad)} invalid"]
+    shown = sorted(ok, key=lambda r: (r["verdict"] == "OOM", r["step_ms"]))[:limit]
+    if shown:
+        head = [*keys, "max peak GiB", "peak rank", "verdict", "headroom GiB", "step ms", "bubble"]
+        lines += aligned(head, [[*(value_text(r[k]) for k in keys), f"{r['max_peak_bytes'] / GIB:.3f}",
+                                 str(r["peak_rank"]), r["verdict"], f"{r['headroom_bytes'] / GIB:+.3f}",
+                                 f"{r['step_ms']:.2f}", f"{r['mean_bubble']:.1%}"] for r in shown], left=len(keys))
+        if len(ok) > limit:
+            lines.append(f"({len(ok) - limit} more valid points in sweep.csv; fitting points first, fastest first)")
+    for r in bad[:limit]:
+        lines.append("invalid " + ", ".join(f"{k}={value_text(r[k])}" for k in keys) + f": {r['reason']}")
+    if len(bad) > limit:
+        lines.append(f"({len(bad) - limit} more invalid points in sweep.csv)")
+    return "\n".join(lines)
 
 
 def _model(args) -> int:
@@ -302,10 +401,19 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", help="output folder (default results/<scenario name>-compare)")
     _add_set(c)
     c.set_defaults(func=_compare)
-    w = sub.add_parser("sweep", help="run a scenario once per value of one key: sweep.csv, sweep.png")
+    w = sub.add_parser("sweep", help="run a scenario once per value of one key (sweep.csv, sweep.png), or over "
+                                     "a grid of keys with -k (sweep.csv, sweep.jsonl)")
     w.add_argument("scenario")
-    w.add_argument("key", help="dotted scenario key, e.g. training.microbatches")
-    w.add_argument("values", nargs="+", metavar="value", help="TOML values, e.g. 4 8 16 or gpipe 1f1b")
+    w.add_argument("key", nargs="?", help="dotted scenario key, e.g. training.microbatches")
+    w.add_argument("values", nargs="*", metavar="value", help="TOML values, e.g. 4 8 16 or gpipe 1f1b")
+    w.add_argument("-k", dest="grid", action="append", default=[], metavar="KEY=A,B",
+                   help="one axis of a cartesian grid, e.g. -k schedule.name=1f1b,zb-v (repeatable)")
+    w.add_argument("--global-batch", type=int, metavar="N",
+                   help="keep micro_batch_size x microbatches x dp = N (microbatches follows)")
+    w.add_argument("--workers", type=int, metavar="N", help="local processes (default all cores)")
+    w.add_argument("--dask", metavar="ADDRESS", help="run on the dask.distributed scheduler at ADDRESS "
+                   "(pip install 'pipesim[dask]')")
+    w.add_argument("--quiet", action="store_true", help="no table and no progress bar")
     w.add_argument("-o", "--output", help="output folder (default results/<scenario name>-sweep-<key>)")
     _add_set(w)
     w.set_defaults(func=_sweep)
