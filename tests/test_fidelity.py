@@ -123,6 +123,24 @@ def test_flash_attention_gradients(monkeypatch):
     _same_grads(lambda q, k, v: torch_model.FlashAttention.apply(q, k, v, scale), plain, (q, k, v), gen)
 
 
+def test_flash_attention_with_fewer_kv_heads_gradients(monkeypatch):
+    """GQA: k, v at 2 groups for 6 query heads give the same values and gradients (dk, dv
+    summed over each group's heads) as plain attention with k, v repeated per head."""
+    monkeypatch.setattr(torch_model, "TILE", 4)
+    gen = torch.Generator().manual_seed(6)
+    b, nh, g, s, d = 1, 6, 2, 9, 4
+    q, k, v = _rand(b, nh, s, d, gen=gen), _rand(b, g, s, d, gen=gen), _rand(b, g, s, d, gen=gen)
+    scale = d ** -0.5
+
+    def plain(q, k, v):
+        k, v = k.repeat_interleave(nh // g, 1), v.repeat_interleave(nh // g, 1)
+        scores = (q @ k.transpose(-1, -2)) * scale
+        mask = torch.ones(s, s, dtype=torch.bool).triu(1)
+        return torch.softmax(scores.masked_fill(mask, float("-inf")), -1) @ v
+
+    _same_grads(lambda q, k, v: torch_model.FlashAttention.apply(q, k, v, scale), plain, (q, k, v), gen)
+
+
 def test_flash_attention_refuses_dropout():
     t = TrainingConfig(seq_len=16, attention="flash", dropout=0.1)
     with pytest.raises(ValueError, match="dropout"):
@@ -134,8 +152,8 @@ def test_flash_attention_refuses_dropout():
 POLICIES = [("full", "layer"), ("full", "sublayer"), ("selective", "layer")]
 
 
-def _step(kind, t, dtype=torch.bfloat16):
-    layer = torch_model.build_layer(kind, load_preset("tiny", router="sigmoid"), t, dtype)
+def _step(kind, t, dtype=torch.bfloat16, model=None):
+    layer = torch_model.build_layer(kind, model or load_preset("tiny", router="sigmoid"), t, dtype)
     (x,) = torch_model.make_inputs(layer)
     torch.manual_seed(0)
     out = layer(x)
@@ -154,6 +172,66 @@ def test_recompute_gives_the_same_step(kind, recompute, granularity, attention, 
     assert torch.equal(ref[1], got[1]), "input gradient differs"
     for a, b in zip(ref[2], got[2]):
         assert (a is None and b is None) or torch.equal(a, b), "a weight gradient differs"
+
+
+GQA_MODELS = {"qwen3": {**layers.LLAMA, "qk_norm": True, "qkv_bias": True}, "mixtral": layers.MIXTRAL}
+
+
+@pytest.mark.parametrize("attention,dropout", [("flash", 0.0), ("eager", 0.1)])
+@pytest.mark.parametrize("recompute,granularity", POLICIES)
+@pytest.mark.parametrize("name", sorted(GQA_MODELS))
+def test_gqa_recompute_gives_the_same_step(name, recompute, granularity, attention, dropout):
+    m = load_preset("tiny", **GQA_MODELS[name])
+    kind = "moe" if m.routed_experts else "dense"
+    base = dict(micro_batch_size=1, seq_len=32, attention=attention, dropout=dropout)
+    ref = _step(kind, TrainingConfig(**base, recompute="none"), model=m)
+    got = _step(kind, TrainingConfig(**base, recompute=recompute, recompute_granularity=granularity), model=m)
+    assert torch.equal(ref[0], got[0]) and torch.equal(ref[1], got[1])
+    for a, b in zip(ref[2], got[2]):
+        assert (a is None and b is None) or torch.equal(a, b), "a weight gradient differs"
+
+
+@pytest.mark.parametrize("name", ["mla", "llama", "mha", "qwen3", "mixtral"])
+def test_layer_parameters_match_pipesim(name):
+    """The harness layer's parameters (counted by torch) equal pipesim's layer_params: MLA + MoE
+    (tiny), GQA and MHA dense, qkv biases and q/k norms, Mixtral-shaped MoE."""
+    from pipesim.model.params import layer_params
+    over = {"mla": {}, "llama": layers.LLAMA, "mha": {**layers.LLAMA, "kv_heads": 8}, **GQA_MODELS}[name]
+    m = load_preset("tiny", **over)
+    last = m.layers - 1
+    layer = torch_model.build_layer("moe" if m.is_moe(last) else "dense", m, TrainingConfig(seq_len=16))
+    assert sum(x.numel() for x in layer.parameters()) == sum(layer_params(m, last).values())
+
+
+def test_gqa_layer_matches_plain_attention():
+    """The harness's GQA sublayer (flash kernel, qk-norm, biases) computes what the textbook
+    formula does: norm, projections with bias, per-head RMSNorm of q and k, rope, causal softmax
+    over k, v repeated per group, W_O, residual (FP64)."""
+    m = load_preset("tiny", **GQA_MODELS["qwen3"])
+    t = TrainingConfig(micro_batch_size=2, seq_len=16, attention="flash")
+    layer = torch_model.build_layer("dense", m, t, f64)
+    a = layer.attention
+    (x,) = torch_model.make_inputs(layer)
+
+    def rms(z, w):
+        return z * torch.rsqrt(z.pow(2).mean(-1, keepdim=True) + torch_model.EPS) * w
+
+    def rope(z):
+        z1, z2 = z.chunk(2, -1)
+        return z * a.cos + torch.cat([-z2, z1], -1) * a.sin
+
+    b, s, h = x.shape
+    xn = rms(x, a.norm)
+    q = rms((xn @ a.w_q.T + a.b_q).view(b, s, m.heads, m.head_dim), a.q_norm)
+    k = rms((xn @ a.w_k.T + a.b_k).view(b, s, m.kv_heads, m.head_dim), a.k_norm)
+    v = (xn @ a.w_v.T + a.b_v).view(b, s, m.kv_heads, m.head_dim)
+    q, k, v = rope(q).transpose(1, 2), rope(k).transpose(1, 2), v.transpose(1, 2)
+    rep = m.heads // m.kv_heads
+    k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
+    scores = (q @ k.transpose(-1, -2)) / m.head_dim ** 0.5
+    p = torch.softmax(scores.masked_fill(torch.ones(s, s, dtype=torch.bool).triu(1), float("-inf")), -1)
+    ctx = (p @ v).transpose(1, 2).reshape(b, s, -1)
+    torch.testing.assert_close(a(x), x + ctx @ a.w_o.T)
 
 
 # --------------------------------------------------------------------------- closed forms

@@ -53,6 +53,13 @@ BASE_TRAINING = dict(micro_batch_size=1, seq_len=128, attention="flash", dropout
 BASE_MODEL = dict(router="sigmoid")
 LAYERS = ("dense", "moe")
 ALL = ("dense", "moe", "head", "embedding")
+# Grouped-query attention on the tiny preset's width: a Llama-shaped dense-only model (8 query
+# heads in 2 kv groups of d = 32, no experts) and a Mixtral-shaped MoE one (top-2 of 8 routed
+# experts, softmax router, no shared expert)
+LLAMA = dict(attention="gqa", q_compress=0, kv_compress=0, rope_head_dim=0, heads=8, kv_heads=2,
+             head_dim=32, routed_experts=0, shared_experts=0, experts_per_token=0, dense_layers=6)
+MIXTRAL = {**LLAMA, "routed_experts": 8, "experts_per_token": 2, "dense_layers": 0, "router": "softmax"}
+SELECTIVE = {"recompute": "selective", "keep": ("deepseek-v3",)}
 # name, layer kinds, TrainingConfig overrides, ModelConfig overrides, dtype
 VARIANTS = (
     ("base", ALL, {}, {}, "bf16"),
@@ -63,7 +70,7 @@ VARIANTS = (
     ("s256", ALL, {"seq_len": 256}, {}, "bf16"),
     ("full-layer", LAYERS, {"recompute": "full"}, {}, "bf16"),
     ("full-sublayer", LAYERS, {"recompute": "full", "recompute_granularity": "sublayer"}, {}, "bf16"),
-    ("selective", LAYERS, {"recompute": "selective", "keep": ("deepseek-v3",)}, {}, "bf16"),
+    ("selective", LAYERS, SELECTIVE, {}, "bf16"),
     ("swiglu-eager", LAYERS, {"swiglu_fusion": False}, {}, "bf16"),
     ("combine-activation", ("moe",), {"moe_combine": "activation"}, {}, "bf16"),
     ("permute-fusion", ("moe",), {"moe_permute_fusion": True}, {}, "bf16"),
@@ -71,6 +78,20 @@ VARIANTS = (
     ("q-compress-0", LAYERS, {}, {"q_compress": 0}, "bf16"),
     ("shared-0", ("moe",), {}, {"shared_experts": 0}, "bf16"),
     ("ce-fused", ("head",), {"cross_entropy": "fused"}, {}, "bf16"),
+    ("gqa", ("dense",), {}, LLAMA, "bf16"),
+    ("gqa-eager", ("dense",), {"attention": "eager"}, LLAMA, "bf16"),
+    ("gqa-dropout", ("dense",), {"attention": "eager", "dropout": 0.1}, LLAMA, "bf16"),
+    ("gqa-fp32", ("dense",), {}, LLAMA, "fp32"),
+    ("gqa-full-layer", ("dense",), {"recompute": "full"}, LLAMA, "bf16"),
+    ("gqa-full-sublayer", ("dense",), {"recompute": "full", "recompute_granularity": "sublayer"}, LLAMA, "bf16"),
+    ("gqa-selective", ("dense",), SELECTIVE, LLAMA, "bf16"),
+    ("mha", ("dense",), {}, {**LLAMA, "kv_heads": 8}, "bf16"),
+    ("mha-eager", ("dense",), {"attention": "eager"}, {**LLAMA, "kv_heads": 8}, "bf16"),
+    ("qwen2-qkv-bias", ("dense",), {}, {**LLAMA, "qkv_bias": True}, "bf16"),
+    ("qwen3-qk-norm", ("dense",), {}, {**LLAMA, "qk_norm": True}, "bf16"),
+    ("qwen3-selective", ("dense",), SELECTIVE, {**LLAMA, "qk_norm": True}, "bf16"),
+    ("mixtral", ("moe",), {}, MIXTRAL, "bf16"),
+    ("mixtral-selective", ("moe",), SELECTIVE, MIXTRAL, "bf16"),
 )
 
 

@@ -72,7 +72,7 @@ __all__ = ["KINDS", "MODULES", "Layer", "Options", "build_layer", "current_modul
            "kernel_listeners", "kernel_moment", "make_inputs", "scope"]
 
 KINDS = ("dense", "moe", "embedding", "head")
-MODULES = ("embedding", "mla", "mlp", "moe", "router", "experts", "shared", "head", "loss")
+MODULES = ("embedding", "mla", "attn", "mlp", "moe", "router", "experts", "shared", "head", "loss")
 EPS = 1e-6
 
 # --------------------------------------------------------------------------- module scopes
@@ -375,6 +375,8 @@ class FlashAttention(torch.autograd.Function):
         b, nh, s, _ = q.shape
         o = q.new_empty(b, s, nh, v.shape[-1]).transpose(1, 2)
         lse = torch.empty(b, nh, s, dtype=_acc_dtype(q.dtype))
+        ctx.save_for_backward(q, k, v, o, lse)
+        k, v = _expand_kv(k, nh), _expand_kv(v, nh)       # kernel scratch: heads share their group's k, v
         for i0 in range(0, s, TILE):
             i1 = min(i0 + TILE, s)
             qi = _acc(q[:, :, i0:i1])
@@ -392,7 +394,6 @@ class FlashAttention(torch.autograd.Function):
                 m = m_new
             o[:, :, i0:i1] = acc / l.unsqueeze(-1)
             lse[:, :, i0:i1] = m + torch.log(l)
-        ctx.save_for_backward(q, k, v, o, lse)
         ctx.scale = scale
         return o
 
@@ -405,8 +406,17 @@ class FlashAttention(torch.autograd.Function):
         for i0 in range(0, s, TILE):
             rows[:, :, i0:i0 + TILE] = (_acc(do[:, :, i0:i0 + TILE]) * _acc(o[:, :, i0:i0 + TILE])).sum(-1)
         dq = torch.zeros(q.shape, dtype=lse.dtype)        # FP32 accumulator (dq_accum)
-        dq_out, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        nh, g = q.shape[1], k.shape[1]
+        dk_kv, dv_kv = torch.empty_like(k), torch.empty_like(v)
+        if g != nh:
+            # FlashAttention-2's mha_bwd with fewer kv heads: dk, dv written per query head
+            # (dk_expanded, dv_expanded, activation dtype), then summed over each group
+            dk, dv = q.new_empty(q.shape[:3] + k.shape[3:]), q.new_empty(q.shape[:3] + v.shape[3:])
+        else:
+            dk, dv = dk_kv, dv_kv
+        dq_out = torch.empty_like(q)
         kernel_moment("FlashAttention.backward")          # dq, dk, dv, the FP32 dq and D all live
+        k, v = _expand_kv(k, nh), _expand_kv(v, nh)       # scratch: the kernel indexes the groups
         for j0 in range(0, s, TILE):
             j1 = min(j0 + TILE, s)
             kj, vj = _acc(k[:, :, j0:j1]), _acc(v[:, :, j0:j1])
@@ -421,7 +431,17 @@ class FlashAttention(torch.autograd.Function):
                 dkj += (ds.transpose(-1, -2) @ qi) * scale
             dk[:, :, j0:j1], dv[:, :, j0:j1] = dkj, dvj
         dq_out.copy_(dq)
-        return dq_out, dk, dv, None
+        if g != nh:
+            dk_kv.copy_(dk.unflatten(1, (g, nh // g)).sum(2))
+            dv_kv.copy_(dv.unflatten(1, (g, nh // g)).sum(2))
+        return dq_out, dk_kv, dv_kv, None
+
+
+def _expand_kv(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """k or v [b, g, s, d] repeated to [b, heads, s, d]: query head i reads group i // (heads/g)
+    (Megatron's repeat_interleave, Hugging Face's repeat_kv)."""
+    g = x.shape[1]
+    return x if g == heads else x.repeat_interleave(heads // g, dim=1)
 
 
 def _tile_scores(qi, k, i0, j0, j1, scale):
@@ -568,6 +588,98 @@ class MLA(_Part):
         with scope("mla"):
             # the residual add runs once the attention's locals are gone; its output lives on
             # through the dropout and the add (Megatron's layer and bias-dropout-add)
+            out = self.attention(x)
+            return x + _dropout(out, self.o.dropout)
+
+
+class GQA(_Part):
+    """Grouped-query attention (multi-head when kv_heads = heads; module "attn"), as Hugging
+    Face's Llama / Mistral / Qwen2 / Qwen3 attention computes it and Megatron-Core's keeps it:
+    x_n = norm(x); q = W_Q x_n [b, s, n_h, d], k = W_K x_n and v = W_V x_n [b, s, g, d] (three
+    linears reading x_n, which is saved once; with ``qkv_bias`` each adds a bias, which saves
+    nothing more); ``qk_norm`` (Qwen3): an RMSNorm over d of each head's q and k (keeps the
+    projections' outputs and one FP32 1/rms per token and head); rope on q and k (cos, sin
+    buffers: the products save nothing that requires grad); q, k, v made contiguous
+    [b, heads, s, d] for the kernel. Flash: ``FlashAttention`` takes k, v at the g kv heads.
+    Eager: k, v repeated to the n_h query heads (``repeat_interleave``, Megatron's
+    DotProductAttention; HF's repeat_kv), kept by the two matmuls. The context goes into W_O,
+    hidden dropout, residual, as in ``MLA``. Selective recompute ("deepseek-v3": recompute the
+    RMSNorms; GQA has no up-projections): R1 the attention norm + the q, k, v projections (their
+    outputs leave the region, x_n is rebuilt), R2 each q/k norm (keeps its input, rebuilds
+    1/rms); rope, the copies and the core are not recomputed, so the kernel keeps q, k, v."""
+
+    def __init__(self, m, o: Options, dtype, gen, attention_impl: str):
+        super().__init__(dtype, gen)
+        self.o, self.impl = o, attention_impl
+        h, nh, d, g = m.hidden, m.heads, m.head_dim, m.kv_groups
+        self.nh, self.g, self.dh = nh, g, d
+        self.scale = 1.0 / math.sqrt(d)
+        self.norm = self.norm_weight(h)
+        self.w_q, self.w_k, self.w_v = self.matrix(nh * d, h), self.matrix(g * d, h), self.matrix(g * d, h)
+        self.w_o = self.matrix(h, nh * d)
+        bias = getattr(m, "qkv_bias", False)
+        self.b_q, self.b_k, self.b_v = ((self.bias(nh * d), self.bias(g * d), self.bias(g * d)) if bias
+                                        else (None, None, None))
+        self.qk_norm = getattr(m, "qk_norm", False)
+        if self.qk_norm:
+            self.q_norm, self.k_norm = self.norm_weight(d), self.norm_weight(d)
+        pos = torch.arange(o.s, dtype=torch.float64)
+        inv = 1.0 / 10000 ** (torch.arange(0, d, 2, dtype=torch.float64) / d)
+        ang = torch.cat([torch.outer(pos, inv)] * 2, -1)          # [s, d]
+        self.register_buffer("cos", ang.cos().to(dtype).unsqueeze(1), persistent=False)   # [s, 1, d]
+        self.register_buffer("sin", ang.sin().to(dtype).unsqueeze(1), persistent=False)
+        if o.attention == "eager":
+            self.register_buffer("causal", torch.ones(o.s, o.s, dtype=torch.bool).triu(1), persistent=False)
+
+    def bias(self, n: int) -> nn.Parameter:
+        return nn.Parameter((0.02 * torch.randn(n, generator=self._gen)).to(self._dtype))
+
+    def project(self, x):
+        """R1: the attention norm and the q, k, v projections that read its output."""
+        x_n = _norm(x, self.norm)
+        return (F.linear(x_n, self.w_q, self.b_q), F.linear(x_n, self.w_k, self.b_k),
+                F.linear(x_n, self.w_v, self.b_v))
+
+    def qkv(self, q, k, v):
+        """The q/k norms and rope, then q, k, v contiguous [b, heads, s, d] for the kernel; the
+        intermediates die on return (Megatron's ``get_query_key_value_tensors``)."""
+        b, s = q.shape[:2]
+        q, k, v = q.view(b, s, self.nh, self.dh), k.view(b, s, self.g, self.dh), v.view(b, s, self.g, self.dh)
+        if self.qk_norm and self.o.recompute == "selective":     # R2: the q/k norms alone
+            q, k = _ckpt(_norm, q, self.q_norm), _ckpt(_norm, k, self.k_norm)
+        elif self.qk_norm:
+            q, k = _norm(q, self.q_norm), _norm(k, self.k_norm)
+        q, k = self._rope(q), self._rope(k)
+        return tuple(t.transpose(1, 2).contiguous() for t in (q, k, v))
+
+    def _rope(self, x):                     # x [b, s, heads, d]
+        return x * self.cos + _rotate_half(x) * self.sin
+
+    def context(self, out):
+        b, _, s, _ = out.shape
+        return out.transpose(1, 2).reshape(b * s, self.nh * self.dh)
+
+    def core(self, q, k, v):
+        if self.o.attention == "flash":
+            if self.impl == "sdpa":
+                return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale,
+                                                      enable_gqa=self.g != self.nh)
+            return FlashAttention.apply(q, k, v, self.scale)
+        k, v = _expand_kv(k, self.nh), _expand_kv(v, self.nh)
+        scores = torch.matmul(q, k.transpose(-2, -1)) * self.scale
+        probs = torch.softmax(scores.masked_fill(self.causal, float("-inf")), -1)
+        return torch.matmul(_dropout(probs, self.o.dropout), v)
+
+    def attention(self, x):
+        b, s, h = x.shape
+        projected = _ckpt(self.project, x) if self.o.recompute == "selective" else self.project(x)
+        q, k, v = self.qkv(*projected)              # the projections' outputs die here
+        del projected
+        context = self.context(self.core(q, k, v))
+        return F.linear(context, self.w_o).view(b, s, h)
+
+    def forward(self, x):
+        with scope("attn"):
             out = self.attention(x)
             return x + _dropout(out, self.o.dropout)
 
@@ -771,7 +883,9 @@ class Layer(nn.Module):
         self.o = o = Options.from_training(t)
         gen = torch.Generator().manual_seed(seed)
         if kind in ("dense", "moe"):
-            self.attention = MLA(m, o, dtype, gen, attention_impl)
+            gqa = getattr(m, "attention", "mla") == "gqa"
+            self.attention = (GQA if gqa else MLA)(m, o, dtype, gen, attention_impl)
+            self.attn_scope = "attn" if gqa else "mla"
             self.ffn = DenseFFN(m, o, dtype, gen) if kind == "dense" else MoEFFN(m, o, dtype, gen)
         elif kind == "embedding":
             self.embedding = Embedding(m, dtype, gen)
@@ -789,7 +903,7 @@ class Layer(nn.Module):
         (x,) = inputs
         if self.o.recompute != "full":
             return self.block(x)
-        with scope("mla"):                       # the checkpoint keeps its input: the layer input
+        with scope(self.attn_scope):             # the checkpoint keeps its input: the layer input
             if self.o.granularity == "layer":
                 return _ckpt(self.block, x)
             x = _ckpt(self.attention, x)
