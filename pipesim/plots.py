@@ -3,16 +3,10 @@
 (what each rank's peak is made of) and ``schedule.png`` (every rank's ops over time)."""
 from __future__ import annotations
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.collections import PolyCollection  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
-
-from pipesim.live import short  # noqa: E402
-from pipesim.memory import CATEGORIES, GIB  # noqa: E402
+from pipesim.live import short
+from pipesim.memory import CATEGORIES, GIB
 
 _COLORS = {
     "weights": "#4c72b0", "grads": "#55a868", "optimizer": "#8172b2", "comm_buffers": "#937860",
@@ -21,11 +15,28 @@ _COLORS = {
 }
 
 
+def _pyplot():
+    """``matplotlib.pyplot`` on the Agg backend, imported when a picture is drawn: the import is
+    about 0.8 s, half of a ``run --plots none`` that imports this module and draws nothing
+    (benchmarks/outputs_speed.py)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def __getattr__(name):
+    """``pipesim.plots.plt`` for the modules that draw their own figures (imported on first use)."""
+    if name == "plt":
+        return _pyplot()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def save(fig, path) -> None:
     """Lay out, write and close a figure (every picture of pipesim is written this way)."""
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _pyplot().close(fig)
 
 
 def _steps(times, levels, until):
@@ -92,6 +103,7 @@ def memory_png(result, path) -> None:
     pr = result.peak_rank
     peak = result.peaks[pr]
     names = list(CATEGORIES) + ["fragmentation"]
+    plt = _pyplot()
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(12, 8.5), sharex=True,
                                    gridspec_kw={"height_ratios": [3, 2]})
     times, levels = _binned_levels(*result.timeline(pr), result.makespan, _MEMORY_BINS)
@@ -154,6 +166,7 @@ def _boxes(ax, result, dirs: bool, window: tuple[float, float] | None = None) ->
     """One box per op: a lone atom fills its row, an FB's two atoms the upper and lower half of
     one box spanning the op, each in its kind's (and direction's) colour. One collection per
     colour, so the cost does not grow with artists per op."""
+    from matplotlib.collections import PolyCollection
     sp = result.spans
     first, op_of_atom = _ops(sp)
     size = np.bincount(op_of_atom, minlength=len(first))
@@ -214,11 +227,12 @@ def occupancy(result, bins: int, dirs: bool) -> dict[tuple[int, int], np.ndarray
 def _binned(ax, result, dirs: bool) -> None:
     """Each rank's row as an image: every pixel column one time bin, its colour the mix of the
     op kinds' colours by their share of the bin (white where the rank idles)."""
+    from matplotlib.colors import to_rgb
     occ = occupancy(result, _BINS, dirs)
     rgb = np.zeros((result.ranks, _BINS, 3))
     busy = np.zeros((result.ranks, _BINS))
     for (k, d), share in occ.items():
-        rgb += share[:, :, None] * np.array(matplotlib.colors.to_rgb(_color(k, d, dirs)))
+        rgb += share[:, :, None] * np.array(to_rgb(_color(k, d, dirs)))
         busy += share
     scale = np.maximum(busy, 1.0)[:, :, None]          # an FB's two halves can fill a bin twice
     rgb = rgb / scale + (1.0 - np.minimum(busy, 1.0))[:, :, None]
@@ -233,6 +247,8 @@ def schedule_png(result, path) -> None:
     dirs = result.workload.schedule.num_directions > 1
     first, _ = _ops(sp)
     most = int(np.bincount(sp.rank[first], minlength=result.ranks).max(initial=0))
+    from matplotlib.patches import Rectangle
+    plt = _pyplot()
     height = 1.2 + 0.35 * min(result.ranks, 32)
     if most <= BOX_LIMIT:
         fig, ax = plt.subplots(figsize=(12, height))
@@ -278,7 +294,7 @@ def peaks_png(result, path) -> None:
     names = list(CATEGORIES) + ["fragmentation"]
     peaks = result.peaks
     ranks = np.arange(result.ranks)
-    fig, ax = plt.subplots(figsize=(min(4 + 0.45 * result.ranks, 16), 5.5))
+    fig, ax = _pyplot().subplots(figsize=(min(4 + 0.45 * result.ranks, 16), 5.5))
     bottom = np.zeros(result.ranks)
     for name in names:
         gib = np.array([p.breakdown[name] for p in peaks]) / GIB
