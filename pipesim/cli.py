@@ -120,6 +120,17 @@ def _run(args) -> int:
         print(summary_json(res), end="")
     elif not args.quiet:
         print(peak_table(res))
+    if args.json or args.quiet:
+        # stdout stays the JSON alone (or empty): the imbalance warning goes to stderr
+        from pipesim.balance import warning_lines
+
+        for line in warning_lines(res.imbalance):
+            print(line, file=sys.stderr)
+    if args.suggest or res.verdict() != "OK":
+        from pipesim import suggest
+
+        advice = suggest.table(res, suggest.suggest(args.scenario, parse_sets(args.set), res))
+        print(advice, file=sys.stderr if (args.json or args.quiet) else sys.stdout)
     drawers = {"memory": ("memory.png", memory_png), "peaks": ("peaks.png", peaks_png),
                "schedule": ("schedule.png", schedule_png)}
     writers = {"summary.json": text_writer(summary_json(res)), "timeline.csv": text_writer(timeline_csv(res))}
@@ -388,6 +399,9 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true", help="print nothing to stdout (the exit status is the verdict)")
     r.add_argument("--plots", default="all", metavar="WHICH",
                    help="pictures to draw: all (default), none, or a comma list of memory, peaks, schedule")
+    r.add_argument("--suggest", action="store_true",
+                   help="list simulated one- and two-knob changes that gain headroom (printed anyway "
+                        "when the verdict is OOM or TIGHT)")
     _add_set(r)
     r.set_defaults(func=_run)
     v = sub.add_parser("validate", help="check scenario files and their schedules without simulating; writes nothing")
