@@ -8,7 +8,9 @@ backward_transient (10%). Error % = (predicted − measured) / measured.
 
 The grid: a base case (tiny preset, bf16, b=1, s=128, flash attention, no dropout, no
 recompute, fused SwiGLU, combine "output", unfused permutation, sigmoid router, FP32
-cross-entropy, no gradient-accumulation fusion) and one variation at a time, each for the layer kinds it applies to.
+cross-entropy, no gradient-accumulation fusion) and one variation at a time, each for the layer kinds it applies to;
+then grouped-query attention cases on a Llama-shaped dense layer and a Mixtral-shaped MoE one
+(``LLAMA``, ``MIXTRAL``): MHA, Qwen2's q/k/v biases, Qwen3's q/k norms, recompute policies.
 
     python benchmarks/fidelity/layers.py [--tensors] [--cross-check] [--sdpa] [--only NAME ...]
 

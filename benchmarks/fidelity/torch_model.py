@@ -1,13 +1,16 @@
-"""One layer of a DeepSeek-style MLA + MoE transformer in plain PyTorch, built from pipesim's
-``ModelConfig`` and ``TrainingConfig``, written so that what autograd saves for backward is what
+"""One layer of a DeepSeek-style MLA + MoE transformer, or of a grouped-query / multi-head
+attention one (Llama, Mistral, Qwen2, Qwen3, Mixtral; dense-only or MoE), in plain PyTorch,
+built from pipesim's ``ModelConfig`` and ``TrainingConfig``, written so that what autograd saves for backward is what
 Megatron-Core / Transformer Engine kernels save. ``measure`` runs it and records those tensors;
 nothing here predicts.
 
 Single device (no TP/EP/CP), no biases, parameters and activations in one dtype (bfloat16 or
-float32), tokens laid out [b, s, h]. Layer kinds: "dense" (MLA + dense SwiGLU FFN), "moe"
-(MLA + MoE FFN), "embedding", "head" (final RMSNorm, output matmul, cross-entropy).
+float32), tokens laid out [b, s, h] (GQA: q/k/v biases with ``qkv_bias``). Layer kinds:
+"dense" (attention + dense SwiGLU FFN), "moe" (attention + MoE FFN), "embedding", "head"
+(final RMSNorm, output matmul, cross-entropy); the attention is ``MLA`` or, with
+``attention = "gqa"``, ``GQA``.
 
-Every piece of code runs inside ``scope(name)``, a pipesim module name ("mla", "mlp", "moe",
+Every piece of code runs inside ``scope(name)``, a pipesim module name ("mla", "attn", "mlp", "moe",
 "router", "experts", "shared", "embedding", "head", "loss"), so that a saved tensor can be
 attributed to the module that saved it (``current_module``).
 
