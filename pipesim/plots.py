@@ -106,7 +106,9 @@ def memory_png(result, path) -> None:
     plt = _pyplot()
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(12, 8.5), sharex=True,
                                    gridspec_kw={"height_ratios": [3, 2]})
+    records = result.records(pr)
     times, levels = _binned_levels(*result.timeline(pr), result.makespan, _MEMORY_BINS)
+    binned = len(times) < records.stop - records.start
     t, v = _steps(times * 1e3, levels / GIB, result.makespan * 1e3)
     keep = [i for i, n in enumerate(names) if levels[:, i].max() > 0]
     ax1.stackplot(t, *(v[:, i] for i in keep), labels=[names[i] for i in keep],
@@ -120,7 +122,9 @@ def memory_png(result, path) -> None:
     ax1.set_ylabel("GiB")
     ax1.set_ylim(0, max(cap, peak.bytes / GIB) * 1.15)
     ax1.set_title(f"{sc.name}: rank {pr} (peak rank, stages {list(peak.stages)}) by category — "
-                  f"{sc.schedule.name}, pp={result.ranks}, {sc.microbatches} micro-batches")
+                  f"{sc.schedule.name}, pp={result.ranks}, {sc.microbatches} micro-batches"
+                  + (f"\n(each of {_MEMORY_BINS} time bins at its highest moment)" if binned else ""),
+                  fontsize=10 if binned else None)
     ax1.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8, frameon=False)
     grid = _rank_grid(result, bins=600)
     cmap = plt.get_cmap("viridis").with_extremes(over="red")
@@ -129,6 +133,7 @@ def memory_png(result, path) -> None:
                      vmin=0, vmax=cap)
     for p in result.peaks:
         ax2.plot(p.time * 1e3, p.rank, marker="v", color="white", markeredgecolor="black", markersize=5)
+    ax2.set_yticks(range(0, result.ranks, max(1, result.ranks // 16)))
     ax2.set_ylabel("pipeline rank")
     ax2.set_xlabel("time in the step (ms)")
     ax2.set_title("every rank's total (incl. fragmentation; red = over the device, ▼ = the rank's peak)")
@@ -257,8 +262,9 @@ def schedule_png(result, path) -> None:
     else:
         # the whole step binned, and below it one box per op over the first and the last
         # WINDOW_OPS ops' worth of time (warm-up and cool-down, where schedules differ)
-        fig = plt.figure(figsize=(12, 2 * height))
-        grid = fig.add_gridspec(2, 2)
+        below = min(height, 6.0)
+        fig = plt.figure(figsize=(12, height + below))
+        grid = fig.add_gridspec(2, 2, height_ratios=[height, below])
         ax = fig.add_subplot(grid[0, :])
         _binned(ax, result, dirs)
         span = result.makespan * 1e3 * WINDOW_OPS / most

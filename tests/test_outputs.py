@@ -99,3 +99,21 @@ def test_other_verbs_files_are_carried_over_own_stale_ones_removed(tmp_path):
     assert (out / "compare.csv").read_text() == "a\n"
     write_outputs(out, {"compare.csv": text_writer("b\n")})      # another verb: the run's files stay
     assert sorted(f.name for f in out.iterdir()) == ["compare.csv", "summary.json", "timeline.csv.gz"]
+
+
+@pytest.mark.parametrize("microbatches", [8, 200])
+def test_schedule_png_artists_do_not_grow_with_ops(microbatches, tmp_path, monkeypatch):
+    """One box per op (8 micro-batches: 16 ops a rank) or the binned view (200: 400 ops a rank,
+    past BOX_LIMIT): either way a few dozen artists, not one per op."""
+    from pipesim import plots
+    res = pipesim.simulate(pipesim.load_scenario(TINY, {"training.microbatches": microbatches}))
+    figs = []
+    monkeypatch.setattr(plots, "save", lambda fig, path: figs.append(fig))
+    plots.schedule_png(res, tmp_path / "schedule.png")
+    ops = sum(len(r) for r in res.workload.schedule.ranks)
+    assert ops == 4 * 2 * microbatches
+    artists = sum(len(ax.patches) + len(ax.collections) + len(ax.images) + len(ax.lines) for ax in figs[0].axes)
+    assert artists < 30, artists
+    binned = any(ax.images for ax in figs[0].axes)
+    assert binned == (2 * microbatches > plots.BOX_LIMIT)
+    plots._pyplot().close(figs[0])
