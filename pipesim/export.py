@@ -277,8 +277,9 @@ def trace_json(result) -> Iterator[str]:
     naming both halves), and counter ``memory`` holds one series per category (fragmentation
     included, so the series add up to ``timeline.csv``'s ``rank_total_bytes``), in bytes.
     A p2p transfer is a flow from its producer's slice to its consumer's. Times are integer
-    microseconds; a slice's end is clamped to the next slice's start on its track, so rounding
-    never makes two slices overlap (Perfetto would nest or drop them). A counter sample at
+    microseconds: start and end are each rounded (not the duration, whose rounding could carry
+    an end past the next start), and an end is clamped to the next slice's start on its track,
+    so no two slices overlap (Perfetto would nest or drop them). A counter sample at
     microsecond ``ts`` is the level after the last record that rounds to ``ts``; a series is
     sampled only where it changes.
     """
