@@ -4,6 +4,8 @@
     python -m pipesim validate scenarios/*.toml
     python -m pipesim compare scenarios/v3_pp16.toml [--schedules 1f1b,zb-h1] [--microbatches 32] [-o DIR]
     python -m pipesim sweep scenarios/tiny.toml training.microbatches 4 8 16 [-o DIR]
+    python -m pipesim sweep scenarios/v3_pp16.toml -k schedule.name=1f1b,zb-v -k parallel.pp=8,16
+                            [--global-batch N] [--workers N | --dask ADDRESS] [--quiet] [-o DIR]
     python -m pipesim model scenarios/v3_pp16.toml [--json]
     python -m pipesim schedule 1f1b --pp 4 --microbatches 8 [--chunks 2]
     python -m pipesim score scenarios/tiny.toml MEASURED... [--max-error PCT] [--json] [-o DIR]
@@ -14,7 +16,7 @@ file before it is validated: KEY is a dotted path (``training.microbatches``, ``
 ``[4, 4, 1]``, ``true``). Sweep values are written the same way.
 
 ``run`` writes to ``results/<scenario>/``, ``compare`` to ``results/<scenario>-compare/``,
-``sweep`` to ``results/<scenario>-sweep-<key>/`` (or ``-o DIR``); ``validate`` writes nothing.
+``sweep`` to ``results/<scenario>-sweep-<key>/`` (a grid: ``results/<scenario>-sweep/``; or ``-o DIR``); ``validate`` writes nothing.
 Bad input (a scenario, an override or a schedule that cannot run) prints one line per problem
 naming the file, the key and what is allowed, and exits with status 2 without writing anything.
 """
@@ -217,15 +219,14 @@ def _sweep(args) -> int:
                                                         "sweep.png": lambda p: sweep.png(sw, p)})
 
 
-_KEY_PROBLEMS = ("unknown key", "unknown section", "not a key path", "is a value, not a table")
+_KEY = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
 
 
-def grid_axes(scenario, items: list[str], positional=None, overrides=None) -> dict:
-    """``-k KEY=A,B`` arguments (and the single-key form's KEY VALUE...) as key -> values.
-
-    A key the scenario does not have, or a value that is not TOML, is a ``UsageError``: one line
-    naming the key and what is allowed."""
+def grid_axes(items: list[str], positional=None, sets=None) -> dict:
+    """``-k KEY=A,B`` arguments (and the single-key form's KEY VALUE... beside them) as key ->
+    values; a malformed axis is a ``UsageError`` naming it and what is allowed."""
     from pipesim import grid
+    from pipesim.sweep import value_text
 
     axes = {}
     if positional is not None and positional[0] is not None:
@@ -236,17 +237,19 @@ def grid_axes(scenario, items: list[str], positional=None, overrides=None) -> di
         key = key.strip()
         if not eq or not key or not text.strip():
             raise UsageError(f"-k {item!r}: expected KEY=A,B,..., e.g. -k training.micro_batch_size=1,2,4")
+        if not _KEY.fullmatch(key):
+            raise UsageError(f"-k {key!r}: not a key path; expected dotted names such as training.microbatches")
         if key in axes:
             raise UsageError(f"-k {key}: given twice; list every value once, e.g. -k {key}=A,B")
-        axes[key] = [parse_value(v, f"-k {key} value") for v in grid.split_values(text)]
-    for key, values in axes.items():
-        try:
-            grid.scenario_of(str(scenario), {**(overrides or {}), key: values[0]}, (key,))
-        except ScenarioError as exc:
-            if any(p in str(exc) for p in _KEY_PROBLEMS):
-                raise UsageError(f"-k {key}: {str(exc).removeprefix(f'{Path(scenario)}: ')}") from None
-        except schedules.ScheduleError:
-            pass
+        if key in (sets or {}):
+            raise UsageError(f"-k {key}: also given by --set; give the key one way")
+        values = [parse_value(v, f"-k {key} value") for v in grid.split_values(text)]
+        seen = []
+        for v in values:
+            if v in seen:
+                raise UsageError(f"-k {key}: value {value_text(v)} given twice; list every value once")
+            seen.append(v)
+        axes[key] = values
     return axes
 
 
@@ -259,8 +262,21 @@ def _grid(args, overrides: dict) -> int:
         raise UsageError(f"--workers: must be >= 1, got {args.workers}")
     if args.global_batch is not None and args.global_batch < 1:
         raise UsageError(f"--global-batch: must be >= 1, got {args.global_batch}")
+    if args.dask is not None and args.workers is not None:
+        raise UsageError("--workers: the dask cluster decides its workers; give --workers or --dask, not both")
+    if args.dask is not None:
+        try:
+            import distributed  # noqa: F401
+        except ImportError:
+            raise UsageError("--dask: needs dask.distributed: pip install 'pipesim[dask]'") from None
     base = load_scenario(args.scenario, overrides)          # the file itself must be valid
-    axes = grid_axes(args.scenario, args.grid, (args.key, args.values), overrides)
+    axes = grid_axes(args.grid, (args.key, args.values), overrides)
+    if not axes:
+        raise UsageError("sweep: give KEY VALUE... or one or more -k KEY=A,B")
+    if args.global_batch is not None and "training.microbatches" in {**overrides, **axes}:
+        raise UsageError("--global-batch: sets training.microbatches for every point; do not also "
+                         "give training.microbatches with -k or --set")
+    grid.check_axes(args.scenario, axes, overrides, args.global_batch)    # every value, before any run
     default = f"{base.name}-sweep"
     _output(args, default)                                   # before the runs
     pts = grid.points(axes)
@@ -269,47 +285,35 @@ def _grid(args, overrides: dict) -> int:
         from tqdm import tqdm
 
         bar = tqdm(total=len(pts), unit="pt", file=sys.stderr, desc="sweep")
+    client = _dask_client(args.dask)
     try:
-        rows = grid.run(args.scenario, pts, overrides, args.global_batch, args.workers, args.dask,
+        rows = grid.run(args.scenario, pts, overrides, args.global_batch, args.workers, client,
                         progress=bar.update if bar else None)
     finally:
         if bar is not None:
             bar.close()
-    ok = [r for r in rows if r["status"] == "ok"]
+        if client is not None:
+            client.close()
     with contextlib.redirect_stdout(sys.stderr if args.quiet else sys.stdout):
         if not args.quiet:
-            print(grid_table(base, axes, rows))
-        _write(args, default, {"sweep.csv": text_writer(grid.csv_text(rows, list(axes))),
-                               "sweep.jsonl": text_writer(grid.jsonl_text(rows))})
-    return 0 if ok else 2
+            print(grid.table(base.name, axes, rows))
+        if not any(r["status"] == "ok" for r in rows):
+            print("error: no point of the grid can run (reasons above)", file=sys.stderr)
+            return 2
+        return _write(args, default, {"sweep.csv": text_writer(grid.csv_text(rows, list(axes))),
+                                      "sweep.jsonl": text_writer(grid.jsonl_text(rows))})
 
 
-def grid_table(base, axes: dict, rows: list[dict], limit: int = 40) -> str:
-    """The grid as text: a line of counts, the valid points (fastest first, up to ``limit``) and
-    the invalid ones with their reason."""
-    from pipesim.memory import GIB
-    from pipesim.report import aligned
-    from pipesim.sweep import value_text
+def _dask_client(address):
+    """A ``distributed.Client`` connected to ``address`` (None: none), or ``UsageError``."""
+    if address is None:
+        return None
+    from distributed import Client
 
-    ok = [r for r in rows if r["status"] == "ok"]
-    bad = [r for r in rows if r["status"] != "ok"]
-    fits = [r for r in ok if r["verdict"] != "OOM"]
-    keys = list(axes)
-    lines = [f"{base.name}: grid of {' x '.join(f'{k} ({len(v)})' for k, v in axes.items())} = "
-             f"{len(rows)} points: {len(fits)} fit, {len(ok) - len(fits)} OOM, {len(bad)} invalid"]
-    shown = sorted(ok, key=lambda r: (r["verdict"] == "OOM", r["step_ms"]))[:limit]
-    if shown:
-        head = [*keys, "max peak GiB", "peak rank", "verdict", "headroom GiB", "step ms", "bubble"]
-        lines += aligned(head, [[*(value_text(r[k]) for k in keys), f"{r['max_peak_bytes'] / GIB:.3f}",
-                                 str(r["peak_rank"]), r["verdict"], f"{r['headroom_bytes'] / GIB:+.3f}",
-                                 f"{r['step_ms']:.2f}", f"{r['mean_bubble']:.1%}"] for r in shown], left=len(keys))
-        if len(ok) > limit:
-            lines.append(f"({len(ok) - limit} more valid points in sweep.csv; fitting points first, fastest first)")
-    for r in bad[:limit]:
-        lines.append("invalid " + ", ".join(f"{k}={value_text(r[k])}" for k in keys) + f": {r['reason']}")
-    if len(bad) > limit:
-        lines.append(f"({len(bad) - limit} more invalid points in sweep.csv)")
-    return "\n".join(lines)
+    try:
+        return Client(address, timeout="10s")
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise UsageError(f"--dask {address}: cannot connect to a dask scheduler there: {exc}") from None
 
 
 def _model(args) -> int:
@@ -428,7 +432,8 @@ def parser() -> argparse.ArgumentParser:
     w.add_argument("--dask", metavar="ADDRESS", help="run on the dask.distributed scheduler at ADDRESS "
                    "(pip install 'pipesim[dask]')")
     w.add_argument("--quiet", action="store_true", help="no table and no progress bar")
-    w.add_argument("-o", "--output", help="output folder (default results/<scenario name>-sweep-<key>)")
+    w.add_argument("-o", "--output", help="output folder (default results/<scenario name>-sweep-<key>; "
+                                          "with -k results/<scenario name>-sweep)")
     _add_set(w)
     w.set_defaults(func=_sweep)
     m = sub.add_parser("model", help="print the paper-style parameter / state / activation tables")

@@ -3,31 +3,49 @@ processes or a dask cluster, with the same rows whatever runs them.
 
     python -m pipesim sweep scenarios/v3_pp16.toml -k training.micro_batch_size=1,2 -k schedule.name=1f1b,zb-v
 
-Each point is a set of overrides applied to the scenario file (``load_scenario``), so it is
-checked exactly as the same values written in the file. A point that the scenario cannot run
-(a bad value, a schedule's micro-batch constraint) becomes a row with ``status = "invalid"`` and
-the reason; it never stops the sweep. ``global_batch`` keeps micro-batch size × micro-batches ×
-dp fixed: ``microbatches = global_batch / (micro_batch_size · dp)``, invalid when not an integer.
-A schedule whose stage count differs from the file's explicit ``layers_per_stage`` gets the
-automatic split (``placement.layers_per_stage = "auto"``), as ``pipesim compare`` does.
+Each point is a set of overrides applied to the scenario file, so it is checked exactly as the
+same values written in the file. A point is completed as ``pipesim compare`` completes a family:
 
-What points share is read once per process: the parsed TOML (``_raw``). Rows are plain dicts in
-grid order (``executor.map`` and ``client.gather`` keep the order), so 1 worker, N workers and a
-dask cluster give equal rows.
+- ``schedule.chunks`` stays with the scenario's own family; another family takes its default;
+- a schedule whose stage count differs from the scenario's explicit ``layers_per_stage`` gets
+  the automatic split (``placement.layers_per_stage = "auto"``, ``placement.auto_split``) unless
+  the point sets the split itself; the row says ``auto_split``;
+- with a global batch G, ``training.microbatches = G / (micro_batch_size · dp)``, so the samples
+  per step stay fixed (invalid when that is not an integer).
+
+A point the scenario cannot run (a schedule's micro-batch constraint, too few layers for the
+stages) becomes a row with ``status = "invalid"`` and the reason; it never stops the sweep. A
+value that is wrong in itself (an unknown key, a wrong type, a number out of range) is refused
+before anything runs (``check_axes``).
+
+What points share is computed once: the file is parsed once and travels with the points (a dask
+worker needs no copy of it, and never a stale one), and a worker keeps the SimPy runs it has
+made: the spans of a step depend only on the schedule and the op times (``simulator.run``), so
+points that differ in memory alone (ZeRO, device size, dtypes, overheads) share one run. Rows
+are plain dicts in grid order, so 1 worker, N workers and a dask cluster give equal rows.
 """
 from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
-from functools import lru_cache
+import signal
+from collections import OrderedDict
 from pathlib import Path
 
+import schedules
 from pipesim.scenario import ScenarioError, _build, apply_overrides, read_toml
 
 #: points sent to a worker at once: large enough that pickling and scheduling cost little
-#: beside ~10 ms of simulation per point, small enough that the progress bar moves
+#: beside a few ms of simulation per point, small enough that the progress bar moves
 CHUNK = 25
+#: the most points of one grid: each is milliseconds and a row, so a million is an hour on one
+#: core; a larger product is almost surely a typo
+MAX_POINTS = 1_000_000
+#: SimPy runs a worker keeps (least recently used dropped); steps above RUN_CACHE_ATOMS atoms
+#: are not kept: they are rare in a grid and large in memory
+RUN_CACHE, RUN_CACHE_ATOMS = 64, 200_000
 
 
 def split_values(text: str) -> list[str]:
@@ -57,130 +75,237 @@ def points(axes: dict[str, list]) -> list[dict]:
     return [dict(zip(keys, combo)) for combo in itertools.product(*(axes[k] for k in keys))]
 
 
-@lru_cache(maxsize=8)
-def _raw(path: str) -> dict:
-    """The scenario file parsed once per process (every point of a grid shares it)."""
-    return read_toml(path)
+def size(axes: dict[str, list]) -> int:
+    return math.prod(len(v) for v in axes.values())
 
 
-def _lookup(raw: dict, dotted: str):
-    table = raw
-    for part in dotted.split("."):
-        if not isinstance(table, dict) or part not in table:
-            return None
-        table = table[part]
-    return table
+class _Base:
+    """The parsed file, the ``--set`` overrides and what the completion rules read of the
+    scenario they give; built once per chunk of points."""
+
+    def __init__(self, path: str, raw: dict, sets: dict):
+        self.path, self.raw, self.sets = path, raw, dict(sets)
+        sc = _build(apply_overrides(raw, self.sets), Path(path))
+        self.schedule, self.explicit = sc.schedule.name, sc.placement.layers_per_stage != "auto"
+        self.stages, self.mbs, self.dp = len(sc.layers_per_stage), sc.training.micro_batch_size, sc.parallel.dp
+        self.pp, self.microbatches, self.chunks = sc.parallel.pp, sc.microbatches, sc.schedule.chunks
 
 
-def point_overrides(path: str, point: dict, base: dict, global_batch: int | None) -> dict:
-    """The overrides that run ``point``: the base ``--set`` ones, the point's, the micro-batches
-    that keep ``global_batch`` and the automatic split when the stage count changes.
+def point_overrides(base: _Base, point: dict, global_batch: int | None) -> tuple[dict, bool]:
+    """``(overrides, auto_split)`` that run ``point`` on ``base`` (the module docstring's rules).
 
-    Raises ``ScenarioError`` (the reason the point is invalid)."""
-    ov = {**base, **point}
+    Raises ``ScenarioError`` when the global batch does not divide; a value of the wrong type is
+    passed through for validation to refuse."""
+    ov = {**base.sets, **point}
+    name = ov.get("schedule.name", base.schedule)
+    if "schedule.chunks" not in point and name != base.schedule:
+        ov["schedule.chunks"] = None
     if global_batch is not None:
-        merged = apply_overrides(_raw(path), ov)
-        mbs = _lookup(merged, "training.micro_batch_size") or 1
-        dp = _lookup(merged, "parallel.dp") or 1
-        if not all(isinstance(v, int) and v >= 1 for v in (mbs, dp)):
-            raise ScenarioError(f"--global-batch: needs integer micro_batch_size and dp, got {mbs!r}, {dp!r}")
-        if global_batch % (mbs * dp):
-            raise ScenarioError(f"--global-batch {global_batch}: not divisible by micro_batch_size {mbs} "
-                                f"x dp {dp}")
-        ov["training.microbatches"] = global_batch // (mbs * dp)
-    return ov
-
-
-def scenario_of(path: str, ov: dict, point_keys=()):
-    """``(scenario, auto_split)`` for overrides ``ov``; the layer split goes automatic when the
-    explicit ``layers_per_stage`` (the file's or a ``--set``) does not fit the schedule's stage
-    count and the point (``point_keys``) does not set it itself."""
-    p = Path(path)
-    raw = _raw(path)
+        mbs, dp = ov.get("training.micro_batch_size", base.mbs), ov.get("parallel.dp", base.dp)
+        if _count(mbs) and _count(dp):
+            if global_batch % (mbs * dp):
+                raise ScenarioError(f"--global-batch {global_batch}: not divisible by micro_batch_size {mbs} "
+                                    f"x dp {dp} = {mbs * dp}")
+            ov["training.microbatches"] = global_batch // (mbs * dp)
+    if not base.explicit or "placement.layers_per_stage" in point:
+        return ov, False
     try:
-        return _build(apply_overrides(raw, ov), p), False
-    except ScenarioError as exc:
-        if "placement.layers_per_stage" in point_keys or "stages, the list has" not in str(exc):
-            raise ScenarioError(f"{p}: {exc}") from None
+        stages, _ = schedules.size(name, ov.get("parallel.pp", base.pp),
+                                   ov.get("training.microbatches", base.microbatches),
+                                   ov.get("schedule.chunks", base.chunks))
+    except (schedules.ScheduleError, TypeError):
+        return ov, False                   # validation says what is wrong
+    if stages == base.stages:
+        return ov, False
+    return {**ov, "placement.layers_per_stage": "auto"}, True
+
+
+def _count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+def _scenario(base: _Base, point: dict, global_batch: int | None):
+    """``(scenario, overrides, auto_split)`` of ``point``, or ``ScenarioError`` without the path."""
+    ov, auto = point_overrides(base, point, global_batch)
+    return _build(apply_overrides(base.raw, ov), Path(base.path)), ov, auto
+
+
+def _blames(message: str, key: str) -> bool:
+    """Whether a scenario message is about ``key`` itself: it starts with the key, a table above
+    it (``bogus: unknown section``) or a part of it (``placement.layers_per_stage[2]``)."""
+    lead = message.split(": ", 1)[0]
+    return lead == key or key.startswith(lead + ".") or lead.startswith((key + "[", key + "."))
+
+
+def _load_error(base: _Base, point: dict, global_batch) -> str | None:
     try:
-        return _build(apply_overrides(raw, {**ov, "placement.layers_per_stage": "auto"}), p), True
+        _scenario(base, point, global_batch)
     except ScenarioError as exc:
-        raise ScenarioError(f"{p}: {exc}") from None
+        return str(exc)
+    return None
 
 
-def evaluate(path: str, point: dict, base: dict | None = None, global_batch: int | None = None) -> dict:
+def check_axes(path, axes: dict[str, list], sets: dict | None = None, global_batch: int | None = None) -> None:
+    """``ScenarioError`` with one line per problem of values that are wrong in themselves,
+    before anything runs.
+
+    A value is wrong in itself when the scenario with it alone is refused at its own key, and no
+    one value of another axis lifts that: none gives a scenario that loads, or one refused for
+    another reason by a value that is not wrong alone itself. So an unknown key, a wrong type, a
+    number out of range or a schedule constraint no other value lifts is refused; a value refused
+    only in some combinations is left to its points, which report it as their reason.
+    """
+    path = str(path)
+    if size(axes) > MAX_POINTS:
+        raise ScenarioError(f"-k: {' x '.join(str(len(v)) for v in axes.values())} = {size(axes):,} points, "
+                            f"more than a grid may have ({MAX_POINTS:,}, pipesim.grid.MAX_POINTS)")
+    base = _Base(path, read_toml(path), sets or {})
+    alone = {}                               # (key, index) -> the message blaming key, for candidates
+    for key, values in axes.items():
+        for i, v in enumerate(values):
+            err = _load_error(base, {key: v}, global_batch)
+            if err is not None and _blames(err, key):
+                alone[key, i] = err
+
+    def lifts(key, v, other, j) -> bool:
+        err = _load_error(base, {key: v, other: axes[other][j]}, global_batch)
+        return err is None or (not _blames(err, key) and (other, j) not in alone)
+
+    faults: dict = {}                        # (key, message) -> the values that give it
+    for (key, i), err in alone.items():
+        v = axes[key][i]
+        if not any(lifts(key, v, other, j) for other in axes if other != key for j in range(len(axes[other]))):
+            faults.setdefault((key, err), []).append(v)
+    if faults:
+        raise ScenarioError("\n".join(f"{Path(path)}: {msg} (-k {key}={','.join(map(_text, vals))})"
+                                      for (key, msg), vals in faults.items()))
+
+
+def _text(value) -> str:
+    from pipesim.sweep import value_text
+    return value_text(value)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+_runs: OrderedDict = OrderedDict()       # (schedule name, pp, microbatches, chunks, Timing) -> Spans
+
+
+def _spans(sc, wl):
+    """``simulator.run(wl.schedule, wl.timing)``, kept for the next point with the same inputs."""
+    from pipesim.simulator import run
+
+    key = (sc.schedule.name, sc.parallel.pp, sc.microbatches, sc.schedule.chunks, wl.timing)
+    spans = _runs.get(key)
+    if spans is None:
+        spans = run(wl.schedule, wl.timing)
+        if len(spans.start) <= RUN_CACHE_ATOMS:
+            _runs[key] = spans
+            if len(_runs) > RUN_CACHE:
+                _runs.popitem(last=False)
+    else:
+        _runs.move_to_end(key)
+    return spans
+
+
+def simulate(sc):
+    """``pipesim.simulate(sc)`` with the SimPy run shared between points (``_spans``)."""
+    from pipesim.memory import p2p_buffers
+    from pipesim.results import Result
+    from pipesim.workload import build_workload
+
+    wl = build_workload(sc)
+    spans = _spans(sc, wl)
+    return Result(sc, wl, spans, p2p_buffers(spans, wl.boundary_bytes))
+
+
+def _row(point: dict, base: _Base, global_batch) -> dict:
     """One row: the point's keys, then its results (or ``status = "invalid"`` and the reason)."""
-    from pipesim.api import simulate
     from pipesim.report import mean_bubble
 
-    import schedules
-
-    row = {k: v for k, v in point.items()}
+    row = dict(point)
     try:
-        ov = point_overrides(path, point, base or {}, global_batch)
-        sc, auto = scenario_of(path, ov, tuple(point))
+        sc, ov, auto = _scenario(base, point, global_batch)
         res = simulate(sc)
     except (ScenarioError, schedules.ScheduleError) as exc:
-        reason = str(exc).removeprefix(f"{Path(path)}: ")
-        return {**row, "status": "invalid", "reason": reason}
+        return {**row, "status": "invalid", "reason": str(exc)}
     peaks = [p.bytes for p in res.peaks]
     worst = res.peak_rank
     return {**row, "status": "ok", "reason": "",
             "schedule": sc.schedule.name, "pp": sc.parallel.pp, "microbatches": sc.microbatches,
-            "micro_batch_size": sc.training.micro_batch_size,
+            "micro_batch_size": sc.training.micro_batch_size, "stages": res.workload.schedule.num_stages,
             "layers_per_stage": list(sc.layers_per_stage), "auto_split": auto,
             "verdict": res.verdict(), "peak_rank": worst, "max_peak_bytes": peaks[worst],
+            "peak_activations_bytes": res.peaks[worst].breakdown["activations"],
             "capacity_bytes": res.capacity_bytes, "headroom_bytes": res.capacity_bytes - peaks[worst],
             "step_ms": res.makespan * 1e3, "mean_bubble": mean_bubble(res),
-            "peaks_bytes": peaks, "verdicts": [res.verdict(r) for r in range(res.ranks)]}
+            "peaks_bytes": peaks, "verdicts": [res.verdict(r) for r in range(res.ranks)],
+            "bubbles": [res.bubble_fraction(r) for r in range(res.ranks)]}
 
 
-def _chunk(path, chunk, base, global_batch):
-    return [evaluate(path, pt, base, global_batch) for pt in chunk]
+def evaluate(path: str, point: dict, base: dict | None = None, global_batch: int | None = None) -> dict:
+    """The row of one point (``base``: the ``--set`` overrides)."""
+    return _chunk(str(path), read_toml(path), base or {}, global_batch, [point])[0]
 
 
-def _chunks(pts, size=CHUNK):
-    return [pts[i:i + size] for i in range(0, len(pts), size)]
+def _chunk(path: str, raw: dict, sets: dict, global_batch, chunk: list[dict]) -> list[dict]:
+    base = _Base(path, raw, sets)
+    return [_row(pt, base, global_batch) for pt in chunk]
+
+
+def cores() -> int:
+    """The cores this process may run on (the default number of workers)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _quiet_worker() -> None:
+    """A pool worker leaves Ctrl-C to the parent, which cancels the rest and reports once."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def run(path, pts: list[dict], base: dict | None = None, global_batch: int | None = None,
-        workers: int | None = None, dask: str | None = None, progress=None) -> list[dict]:
+        workers: int | None = None, dask=None, progress=None) -> list[dict]:
     """Every point's row, in grid order, on ``workers`` local processes (default all cores; 1 =
     this process) or on the dask scheduler at ``dask`` (an address, or a ``distributed.Client``).
     ``progress(n)`` is called as each chunk of n points finishes."""
     path = str(path)
-    base = dict(base or {})
-    chunks = _chunks(pts)
+    raw = read_toml(path)
+    sets = dict(base or {})
+    chunks = [pts[i:i + CHUNK] for i in range(0, len(pts), CHUNK)]
     tick = progress or (lambda n: None)
-    out: list[list[dict] | None] = [None] * len(chunks)
+    args = (path, raw, sets, global_batch)
     if dask is not None:
-        return _run_dask(path, chunks, base, global_batch, dask, tick)
-    workers = workers or os.cpu_count() or 1
-    if workers == 1 or len(chunks) == 1:
+        return _run_dask(args, chunks, dask, tick)
+    workers = workers or cores()
+    out: list = [None] * len(chunks)
+    if workers == 1 or len(chunks) <= 1:
         for i, c in enumerate(chunks):
-            out[i] = _chunk(path, c, base, global_batch)
+            out[i] = _chunk(*args, c)
             tick(len(c))
     else:
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
-        with ProcessPoolExecutor(max_workers=workers) as ex:
-            futs = {ex.submit(_chunk, path, c, base, global_batch): i for i, c in enumerate(chunks)}
+        ex = ProcessPoolExecutor(max_workers=min(workers, len(chunks)), initializer=_quiet_worker)
+        try:
+            futs = {ex.submit(_chunk, *args, c): i for i, c in enumerate(chunks)}
             for f in as_completed(futs):
                 out[futs[f]] = f.result()
                 tick(len(chunks[futs[f]]))
+        finally:
+            ex.shutdown(wait=True, cancel_futures=True)    # on Ctrl-C: the running chunks end, no more start
     return [row for c in out for row in c]
 
 
-def _run_dask(path, chunks, base, global_batch, address, tick) -> list[dict]:
-    """The chunks on a ``dask.distributed`` cluster; results gathered back into grid order."""
+def _run_dask(args, chunks, address, tick) -> list[dict]:
+    """The chunks on a ``dask.distributed`` cluster; results put back into grid order."""
     from distributed import Client, as_completed
 
-    client = address if isinstance(address, Client) else Client(address)
+    client = address if isinstance(address, Client) else Client(address, timeout="10s")
     try:
-        futs = client.map(_chunk, [path] * len(chunks), chunks, [base] * len(chunks),
-                          [global_batch] * len(chunks), pure=False)
+        futs = [client.submit(_chunk, *args, c, pure=False) for c in chunks]
         index = {f.key: i for i, f in enumerate(futs)}
-        out = [None] * len(chunks)
+        out: list = [None] * len(chunks)
         for f in as_completed(futs):
             out[index[f.key]] = f.result()
             tick(len(chunks[index[f.key]]))
@@ -190,25 +315,31 @@ def _run_dask(path, chunks, base, global_batch, address, tick) -> list[dict]:
     return [row for c in out for row in c]
 
 
+# ----------------------------------------------------------------------------- outputs
+
+_FIELDS = ("status", "reason", "schedule", "pp", "microbatches", "micro_batch_size", "stages", "layers_per_stage",
+           "auto_split", "verdict", "peak_rank", "max_peak_bytes", "peak_activations_bytes", "capacity_bytes",
+           "headroom_bytes", "step_ms", "mean_bubble")
+
+
 def columns(rows: list[dict], keys: list[str]) -> list[str]:
-    """The CSV header: the swept keys, then every result field, in a fixed order."""
-    fields = ["status", "reason", "schedule", "pp", "microbatches", "micro_batch_size", "layers_per_stage",
-              "auto_split", "verdict", "peak_rank", "max_peak_bytes", "capacity_bytes", "headroom_bytes",
-              "step_ms", "mean_bubble"]
+    """The CSV header: the swept keys, every result field, then each rank's peak and bubble."""
     ranks = max((len(r.get("peaks_bytes", ())) for r in rows), default=0)
-    return [*keys, *[f for f in fields if f not in keys], *[f"peak_bytes_rank{i}" for i in range(ranks)]]
+    return [*keys, *[f for f in _FIELDS if f not in keys], *[f"peak_bytes_rank{i}" for i in range(ranks)],
+            *[f"bubble_rank{i}" for i in range(ranks)]]
 
 
 def _cell(v) -> str:
     if isinstance(v, str):
         return v
     if isinstance(v, float):
-        return f"{v:.6g}"
+        return repr(v)
     return json.dumps(v)
 
 
 def csv_text(rows: list[dict], keys: list[str]) -> str:
-    """``sweep.csv``: one row a point; lists in JSON form, an invalid point's results empty."""
+    """``sweep.csv``: one row a point (numbers exact); lists in JSON form, an invalid point's
+    results empty."""
     import csv
     import io
 
@@ -217,11 +348,39 @@ def csv_text(rows: list[dict], keys: list[str]) -> str:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(head)
     for r in rows:
-        flat = {**r, **{f"peak_bytes_rank{i}": b for i, b in enumerate(r.get("peaks_bytes", ()))}}
+        flat = {**r, **{f"peak_bytes_rank{i}": b for i, b in enumerate(r.get("peaks_bytes", ()))},
+                **{f"bubble_rank{i}": b for i, b in enumerate(r.get("bubbles", ()))}}
         w.writerow(["" if flat.get(h) is None else _cell(flat[h]) for h in head])
     return buf.getvalue()
 
 
 def jsonl_text(rows: list[dict]) -> str:
     """``sweep.jsonl``: one JSON object a point, every input key and every result."""
-    return "".join(json.dumps(r, sort_keys=False) + "\n" for r in rows)
+    return "".join(json.dumps(r) + "\n" for r in rows)
+
+
+def table(name: str, axes: dict, rows: list[dict], limit: int = 40) -> str:
+    """The grid as text: a line of counts, the valid points (fitting first, fastest first, up to
+    ``limit``), then the invalid ones with their reason."""
+    from pipesim.memory import GIB
+    from pipesim.report import aligned
+
+    ok = [r for r in rows if r["status"] == "ok"]
+    bad = [r for r in rows if r["status"] != "ok"]
+    fits = [r for r in ok if r["verdict"] != "OOM"]
+    keys = list(axes)
+    lines = [f"{name}: grid of {' x '.join(f'{k} ({len(v)})' for k, v in axes.items())} = "
+             f"{len(rows)} points: {len(fits)} fit, {len(ok) - len(fits)} OOM, {len(bad)} invalid"]
+    shown = sorted(ok, key=lambda r: (r["verdict"] == "OOM", r["step_ms"]))[:limit]
+    if shown:
+        head = [*keys, "max peak GiB", "peak rank", "verdict", "headroom GiB", "step ms", "bubble"]
+        lines += aligned(head, [[*(_text(r[k]) for k in keys), f"{r['max_peak_bytes'] / GIB:.3f}",
+                                 str(r["peak_rank"]), r["verdict"], f"{r['headroom_bytes'] / GIB:+.3f}",
+                                 f"{r['step_ms']:.2f}", f"{r['mean_bubble']:.1%}"] for r in shown], left=len(keys))
+        if len(ok) > limit:
+            lines.append(f"({len(ok) - limit} more valid points in sweep.csv; fitting points first, fastest first)")
+    for r in bad[:limit]:
+        lines.append("invalid " + ", ".join(f"{k}={_text(r[k])}" for k in keys) + f": {r['reason']}")
+    if len(bad) > limit:
+        lines.append(f"({len(bad) - limit} more invalid points in sweep.csv)")
+    return "\n".join(lines)
