@@ -92,6 +92,9 @@ VARIANTS = (
     ("qwen2-qkv-bias", ("dense",), {}, {**LLAMA, "qkv_bias": True}, "bf16"),
     ("qwen3-qk-norm", ("dense",), {}, {**LLAMA, "qk_norm": True}, "bf16"),
     ("qwen3-selective", ("dense",), SELECTIVE, {**LLAMA, "qk_norm": True}, "bf16"),
+    # s = 512 and a narrow FFN: the attention kernel's backward (FlashAttention-2's dK, dV per
+    # query head) is the layer's backward peak
+    ("gqa-attn-peak", ("dense",), {"seq_len": 512}, {**LLAMA, "dense_ffn_hidden": 64}, "bf16"),
     ("mixtral", ("moe",), {}, MIXTRAL, "bf16"),
     ("mixtral-selective", ("moe",), SELECTIVE, MIXTRAL, "bf16"),
 )

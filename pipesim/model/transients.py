@@ -282,23 +282,29 @@ def _attention_ops(m: ModelConfig, z: _Sizes, out: str) -> list[Op]:
         ops.append(Op("q/k norms + rope", norms, (qkv, *norms, Q, K), qkv, qkv - Q - 2 * K, (), "R2"))
         copies = (qkv, Q, K)
     ops.append(Op("heads", qkv_, copies + qkv_, region="R2"))
-    ops += _core_ops(z, pre, Q, K, V, n)
+    # the value the kernel reads: MLA's per head (V), GQA's at the kv heads (K's size)
+    ops += _core_ops(z, pre, Q, K, V, n, V if mla else K)
     context = f"{pre}.context"
     ops.append(Op("W_O", (), (*qkv_, context, z.XT), z.linear(n * m.head_dim, h, V), V - z.drop,
                   () if g.flash else (context,)))
     return ops + _tail(pre, z, (), out)
 
 
-def _core_ops(z: _Sizes, pre: str, Q: int, K: int, V: int, n: int) -> list[Op]:
-    """The attention core. Flash: one kernel, whose backward holds dq, dk, dv, FlashAttention-2's
-    FP32 dq accumulator Q32 and softmax_d D_fa. Eager: the score chain, two P-sized tensors at
-    a time in F; in B P·V's, dropout's, softmax's gradients (P each), then dq, dk."""
+def _core_ops(z: _Sizes, pre: str, Q: int, K: int, V: int, n: int, Vk: int) -> list[Op]:
+    """The attention core (V: its output, Vk: the value it reads). Flash: one kernel, whose
+    backward holds dq, dk, dv, FlashAttention-2's FP32 dq accumulator Q32 and softmax_d D_fa,
+    and with fewer kv heads than query heads (GQA: K < Q) dk and dv per query head, E = Q + V,
+    summed over each group into dk, dv (flash-attn ``mha_bwd``'s dk_expanded, dv_expanded); it
+    consumes the output's gradient: net dq + dk + dv − dO = Q + K + Vk − V. Eager: the score
+    chain, two P-sized tensors at a time in F; in B P·V's, dropout's, softmax's gradients
+    (P each), then dq, dk."""
     g, a = z.g, z.a
     q, k, v, ctx = (f"{pre}.{x}" for x in ("q", "k", "v", "context"))
     if g.flash:
         lse = f"{pre}.lse"
         Q32, D = FP32 * Q // a, FP32 * g.b * n * (g.s // g.cp)
-        return [Op("core", (lse, ctx), (q, k, v, ctx, lse), Q + Q32 + K + V + D, Q + K,
+        E = Q + V if K < Q else 0
+        return [Op("core", (lse, ctx), (q, k, v, ctx, lse), Q + Q32 + K + Vk + D + E, Q + K + Vk - V,
                    (q, k, v, lse, ctx), "R2")]
     P = a * g.b * n * (g.s // g.cp) * g.s
     probs, mask, dropped = f"{pre}.probs", f"{pre}.probs_mask", f"{pre}.probs_dropped"
