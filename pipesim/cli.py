@@ -316,6 +316,34 @@ def _dask_client(address):
         raise UsageError(f"--dask {address}: cannot connect to a dask scheduler there: {exc}") from None
 
 
+def _search(args) -> int:
+    """``search SCENARIO --vary ...``: what fits, the frontier; search.csv, search.jsonl, frontier.png."""
+    from pipesim import grid, search
+    from pipesim.export import text_writer
+    from pipesim.memory import GIB
+
+    knobs = [k.strip() for k in args.vary.split(",") if k.strip()]
+    bad = [k for k in knobs if k not in search.KNOBS]
+    if bad or not knobs or len(set(knobs)) != len(knobs):
+        raise UsageError(f"--vary: {', '.join(map(repr, bad)) or 'empty or repeated'}; allowed: a comma "
+                         f"list of {', '.join(search.KNOBS)}")
+    if args.memory_limit is not None and not 0 < args.memory_limit < 2 ** 20:
+        raise UsageError(f"--memory-limit: GiB in (0, {2 ** 20}), got {args.memory_limit}")
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers: must be >= 1, got {args.workers}")
+    sets = parse_sets(args.set)
+    sc = load_scenario(args.scenario, sets)
+    default = f"{sc.name}-search"
+    _output(args, default)                                   # before the runs
+    limit = None if args.memory_limit is None else int(args.memory_limit * GIB)
+    rows, fitting, front, limit = search.search(args.scenario, knobs, sets, limit, args.workers)
+    print(search.table(sc.name, rows, fitting, front, limit))
+    keys = ["point"]
+    return _write(args, default, {"search.csv": text_writer(grid.csv_text(rows, keys)),
+                                  "search.jsonl": text_writer(grid.jsonl_text(rows)),
+                                  "frontier.png": lambda p: search.png(sc.name, rows, front, limit, p)})
+
+
 def _model(args) -> int:
     from pipesim.model import ModelError, ParallelConfig, TrainingConfig
     from pipesim.model.hf_config import read_hf_config
@@ -436,6 +464,17 @@ def parser() -> argparse.ArgumentParser:
                                           "with -k results/<scenario name>-sweep)")
     _add_set(w)
     w.set_defaults(func=_sweep)
+    q = sub.add_parser("search", help="which configurations fit, the (step time, peak) frontier: "
+                                      "search.csv, search.jsonl, frontier.png")
+    q.add_argument("scenario")
+    q.add_argument("--vary", default="schedule,pp,recompute,micro_batch_size,layers_per_stage,zero",
+                   metavar="KNOBS", help="comma list of knobs, each over its default range (default all)")
+    q.add_argument("--memory-limit", type=float, metavar="GiB",
+                   help="worst-rank peak allowed (default the device's usable memory)")
+    q.add_argument("--workers", type=int, metavar="N", help="local processes (default all cores)")
+    q.add_argument("-o", "--output", help="output folder (default results/<scenario name>-search)")
+    _add_set(q)
+    q.set_defaults(func=_search)
     m = sub.add_parser("model", help="print the paper-style parameter / state / activation tables")
     m.add_argument("scenario", nargs="?", help="scenario TOML file (or give --hf)")
     m.add_argument("--hf", metavar="CONFIG.json",
