@@ -344,6 +344,21 @@ def _search(args) -> int:
                                   "frontier.png": lambda p: search.png(sc.name, rows, front, limit, p)})
 
 
+def _sensitivity(args) -> int:
+    """``sensitivity SCENARIO``: each knob one step down and up; sensitivity.csv, sensitivity.png."""
+    from pipesim import sensitivity
+    from pipesim.export import text_writer
+
+    sets = parse_sets(args.set)
+    sc = load_scenario(args.scenario, sets)
+    default = f"{sc.name}-sensitivity"
+    _output(args, default)                                   # before the runs
+    base, moves = sensitivity.sensitivity(args.scenario, sets)
+    print(sensitivity.table(sc.name, base, moves))
+    return _write(args, default, {"sensitivity.csv": text_writer(sensitivity.csv_text(base, moves)),
+                                  "sensitivity.png": lambda p: sensitivity.png(sc.name, base, moves, p)})
+
+
 def _model(args) -> int:
     from pipesim.model import ModelError, ParallelConfig, TrainingConfig
     from pipesim.model.hf_config import read_hf_config
@@ -475,6 +490,12 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("-o", "--output", help="output folder (default results/<scenario name>-search)")
     _add_set(q)
     q.set_defaults(func=_search)
+    y = sub.add_parser("sensitivity", help="each knob one step down and up: every rank's peak and the step "
+                                           "time, sensitivity.csv, sensitivity.png (tornado chart)")
+    y.add_argument("scenario")
+    y.add_argument("-o", "--output", help="output folder (default results/<scenario name>-sensitivity)")
+    _add_set(y)
+    y.set_defaults(func=_sensitivity)
     m = sub.add_parser("model", help="print the paper-style parameter / state / activation tables")
     m.add_argument("scenario", nargs="?", help="scenario TOML file (or give --hf)")
     m.add_argument("--hf", metavar="CONFIG.json",
