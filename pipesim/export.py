@@ -76,7 +76,9 @@ VERB_OUTPUTS = {
     "run": frozenset({"summary.json", "timeline.csv", "timeline.csv.gz", "memory.png", "peaks.png",
                       "schedule.png", "trace.json", "trace.json.gz"}),
     "compare": frozenset({"compare.csv", "compare.png"}),
-    "sweep": frozenset({"sweep.csv", "sweep.png"}),
+    "sweep": frozenset({"sweep.csv", "sweep.png", "sweep.jsonl"}),
+    "search": frozenset({"search.csv", "search.jsonl", "frontier.png"}),
+    "sensitivity": frozenset({"sensitivity.csv", "sensitivity.png"}),
     "score": frozenset({"score.json", "score.png"}),
 }
 #: Every file a pipesim verb writes. An existing output folder holding anything else is not
