@@ -141,6 +141,21 @@ def test_flash_attention_with_fewer_kv_heads_gradients(monkeypatch):
     _same_grads(lambda q, k, v: torch_model.FlashAttention.apply(q, k, v, scale), plain, (q, k, v), gen)
 
 
+def test_rope_kernel_gradients():
+    """The fused rope kernel gives the unfused formula's values and input gradient."""
+    gen = torch.Generator().manual_seed(7)
+    b, s, heads, d = 2, 9, 3, 6
+    x = _rand(b, s, heads, d, gen=gen)
+    ang = torch.rand(s, 1, d, generator=gen, dtype=f64)
+    cos, sin = ang.cos(), ang.sin()
+
+    def plain(x):
+        x1, x2 = x.chunk(2, -1)
+        return x * cos + torch.cat([-x2, x1], -1) * sin
+
+    _same_grads(lambda x: torch_model.Rope.apply(x, cos, sin), plain, (x,), gen)
+
+
 def test_flash_attention_refuses_dropout():
     t = TrainingConfig(seq_len=16, attention="flash", dropout=0.1)
     with pytest.raises(ValueError, match="dropout"):

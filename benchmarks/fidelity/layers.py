@@ -95,6 +95,9 @@ VARIANTS = (
     # s = 512 and a narrow FFN: the attention kernel's backward (FlashAttention-2's dK, dV per
     # query head) is the layer's backward peak
     ("gqa-attn-peak", ("dense",), {"seq_len": 512}, {**LLAMA, "dense_ffn_hidden": 64}, "bf16"),
+    # 16 heads of 64 (n_h·d = 4h) and a narrow FFN: rope's q, k (fused kernel) set the forward
+    # peak, FlashAttention-2's per-query-head dK, dV the backward one
+    ("gqa-wide", ("dense",), {"seq_len": 256}, {**LLAMA, "heads": 16, "head_dim": 64, "dense_ffn_hidden": 64}, "bf16"),
     ("mixtral", ("moe",), {}, MIXTRAL, "bf16"),
     ("mixtral-selective", ("moe",), SELECTIVE, MIXTRAL, "bf16"),
 )

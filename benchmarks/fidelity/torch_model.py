@@ -493,6 +493,35 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([-x2, x1], -1)
 
 
+class Rope(torch.autograd.Function):
+    """Rotary embedding of x [b, s, heads, d] as one fused kernel, as Megatron-Core runs it by
+    default (``apply_rope_fusion``; Megatron-LM's ``--no-rope-fusion`` turns it off): y =
+    x·cos + rotate_half(x)·sin written once in x's dtype, computed in row blocks; saves nothing
+    of x (cos and sin are buffers). Backward: dx = dy·cos + rotate_halfᵀ(dy·sin), rotate_halfᵀ
+    [t1 | t2] = [t2 | −t1]. The same products and sums as the unfused formula, so the values are
+    equal; only the temporaries (x·cos, the rotated copy, its product) are the kernel's."""
+
+    @staticmethod
+    @kernel
+    def forward(ctx, x, cos, sin):
+        y = torch.empty(x.shape, dtype=x.dtype)
+        for a, b in _blocks(x.shape[1]):
+            xb = x[:, a:b]
+            y[:, a:b] = xb * cos[a:b] + _rotate_half(xb) * sin[a:b]
+        ctx.save_for_backward(cos, sin)
+        return y
+
+    @staticmethod
+    @kernel
+    def backward(ctx, dy):
+        cos, sin = ctx.unpacked
+        dx = torch.empty(dy.shape, dtype=dy.dtype)
+        for a, b in _blocks(dy.shape[1]):
+            t1, t2 = (dy[:, a:b] * sin[a:b]).chunk(2, -1)
+            dx[:, a:b] = dy[:, a:b] * cos[a:b] + torch.cat([t2, -t1], -1)
+        return dx, None, None
+
+
 class MLA(_Part):
     """Multi-head latent attention (module "mla"). x_n = norm(x); c_q = W_DQ x_n and
     q = W_UQR q_norm(c_q) (or q = W_Q x_n); c_kv = W_DKV x_n; k_pe = W_KR x_n (one rope key
@@ -601,8 +630,9 @@ class GQA(_Part):
     x_n = norm(x); q = W_Q x_n [b, s, n_h, d], k = W_K x_n and v = W_V x_n [b, s, g, d] (three
     linears reading x_n, which is saved once; with ``qkv_bias`` each adds a bias, which saves
     nothing more); ``qk_norm`` (Qwen3): an RMSNorm over d of each head's q and k (keeps the
-    projections' outputs and one FP32 1/rms per token and head); rope on q and k (cos, sin
-    buffers: the products save nothing that requires grad); q, k, v made contiguous
+    projections' outputs and one FP32 1/rms per token and head); rope on q and k as one fused
+    kernel (``Rope``, Megatron's default; saves nothing, and its full-width temporaries are the
+    kernel's, not live tensors as the unfused x·cos + rotate_half(x)·sin would be); q, k, v made contiguous
     [b, heads, s, d] for the kernel. Flash: ``FlashAttention`` takes k, v at the g kv heads.
     Eager: k, v repeated to the n_h query heads (``repeat_interleave``, Megatron's
     DotProductAttention; HF's repeat_kv), kept by the two matmuls. The context goes into W_O,
@@ -655,8 +685,8 @@ class GQA(_Part):
         q, k = self._rope(q), self._rope(k)
         return tuple(t.transpose(1, 2).contiguous() for t in (q, k, v))
 
-    def _rope(self, x):                     # x [b, s, heads, d]
-        return x * self.cos + _rotate_half(x) * self.sin
+    def _rope(self, x):                     # x [b, s, heads, d]: the fused kernel (``Rope``)
+        return Rope.apply(x, self.cos, self.sin)
 
     def context(self, out):
         b, _, s, _ = out.shape
