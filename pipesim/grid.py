@@ -31,6 +31,7 @@ import json
 import math
 import os
 import signal
+import threading
 from collections import OrderedDict
 from pathlib import Path
 
@@ -189,6 +190,7 @@ def _text(value) -> str:
 # ----------------------------------------------------------------------------- evaluation
 
 _runs: OrderedDict = OrderedDict()       # (schedule name, pp, microbatches, chunks, Timing) -> Spans
+_runs_lock = threading.Lock()
 
 
 def _spans(sc, wl):
@@ -196,15 +198,17 @@ def _spans(sc, wl):
     from pipesim.simulator import run
 
     key = (sc.schedule.name, sc.parallel.pp, sc.microbatches, sc.schedule.chunks, wl.timing)
-    spans = _runs.get(key)
-    if spans is None:
-        spans = run(wl.schedule, wl.timing)
-        if len(spans.start) <= RUN_CACHE_ATOMS:
+    with _runs_lock:                     # a dask worker may run points on several threads
+        spans = _runs.get(key)
+        if spans is not None:
+            _runs.move_to_end(key)
+            return spans
+    spans = run(wl.schedule, wl.timing)
+    if len(spans.start) <= RUN_CACHE_ATOMS:
+        with _runs_lock:
             _runs[key] = spans
-            if len(_runs) > RUN_CACHE:
+            while len(_runs) > RUN_CACHE:
                 _runs.popitem(last=False)
-    else:
-        _runs.move_to_end(key)
     return spans
 
 
@@ -221,8 +225,6 @@ def simulate(sc):
 
 def _row(point: dict, base: _Base, global_batch) -> dict:
     """One row: the point's keys, then its results (or ``status = "invalid"`` and the reason)."""
-    from pipesim.report import mean_bubble
-
     row = dict(point)
     try:
         sc, ov, auto = _scenario(base, point, global_batch)
@@ -231,6 +233,7 @@ def _row(point: dict, base: _Base, global_batch) -> dict:
         return {**row, "status": "invalid", "reason": str(exc)}
     peaks = [p.bytes for p in res.peaks]
     worst = res.peak_rank
+    bubbles = [res.bubble_fraction(r) for r in range(res.ranks)]
     return {**row, "status": "ok", "reason": "",
             "schedule": sc.schedule.name, "pp": sc.parallel.pp, "microbatches": sc.microbatches,
             "micro_batch_size": sc.training.micro_batch_size, "stages": res.workload.schedule.num_stages,
@@ -238,9 +241,8 @@ def _row(point: dict, base: _Base, global_batch) -> dict:
             "verdict": res.verdict(), "peak_rank": worst, "max_peak_bytes": peaks[worst],
             "peak_activations_bytes": res.peaks[worst].breakdown["activations"],
             "capacity_bytes": res.capacity_bytes, "headroom_bytes": res.capacity_bytes - peaks[worst],
-            "step_ms": res.makespan * 1e3, "mean_bubble": mean_bubble(res),
-            "peaks_bytes": peaks, "verdicts": [res.verdict(r) for r in range(res.ranks)],
-            "bubbles": [res.bubble_fraction(r) for r in range(res.ranks)]}
+            "step_ms": res.makespan * 1e3, "mean_bubble": sum(bubbles) / res.ranks,    # report.mean_bubble
+            "peaks_bytes": peaks, "verdicts": [res.verdict(r) for r in range(res.ranks)], "bubbles": bubbles}
 
 
 def evaluate(path: str, point: dict, base: dict | None = None, global_batch: int | None = None) -> dict:

@@ -13,6 +13,7 @@ import pytest
 import pipesim
 from pipesim import cli, grid
 from pipesim.placement import auto_split
+from pipesim.report import mean_bubble
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = str(ROOT / "scenarios" / "tiny.toml")
@@ -53,8 +54,9 @@ def test_rows_equal_for_one_worker_two_processes_and_dask():
     two = grid.run(TINY, pts, workers=2)
     assert json.dumps(one) == json.dumps(two)
     distributed = pytest.importorskip("distributed")
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
-                                  dashboard_address=None) as lc, distributed.Client(lc) as client:
+    # worker processes, as on a real cluster: the points and rows cross a process boundary
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=":0") as lc, distributed.Client(lc) as client:
         on_dask = grid.run(TINY, pts, dask=client)
     assert json.dumps(one) == json.dumps(on_dask)
 
@@ -205,6 +207,7 @@ def test_points_differing_in_memory_alone_share_one_simpy_run():
         assert r["peaks_bytes"] == [p.bytes for p in res.peaks]
         assert r["step_ms"] == res.makespan * 1e3 and r["verdict"] == res.verdict()
         assert r["bubbles"] == [res.bubble_fraction(i) for i in range(res.ranks)]
+        assert r["mean_bubble"] == mean_bubble(res)
         peaks.add(r["max_peak_bytes"])
     assert len(peaks) > 6           # the memory differs although the runs are shared
 
