@@ -32,9 +32,11 @@ def summary_json(result) -> str:
 
 
 #: The op columns of ``timeline.csv``: what made each record. ``op`` is the atom's kind (F, B,
-#: BI: a backward that defers W, W), or ``static`` for the records at t=0 (weights, optimizer...).
+#: BI: a backward that defers W, W), or ``static`` for the records at t=0 (weights, optimizer...);
+#: ``layer`` the stage's layer as the model names it (``embedding``, ``layer 4 (moe)``, ``mtp 0``,
+#: ``head``), empty for static and p2p records and for the other half's transient in an FB.
 TIMELINE_HEADER = ("time_ms,rank,category,delta_bytes,rank_total_bytes,"
-                   "op,microbatch,stage,chunk,direction")
+                   "op,microbatch,stage,chunk,direction,layer")
 _ATOM_KINDS = ("F", "B", "BI", "W")
 _ROWS_PER_CHUNK = 1 << 16
 
@@ -44,24 +46,32 @@ def timeline_csv(result) -> Iterator[str]:
     memory: one row per ledger record, rank by rank in causal order: time, rank, category, delta,
     the rank's total after it (allocated + fragmentation), and the atom that made it (its kind,
     micro-batch, stage, chunk, direction; empty for static records). A p2p record names the atom
-    whose boundary tensor it holds. Hand it to ``text_writer`` (``.gz`` names are compressed)."""
+    whose boundary tensor it holds, and the layer (of the atom's stage) whose allocation or release
+    it is. Hand it to ``text_writer`` (``.gz`` names are compressed)."""
     yield TIMELINE_HEADER + "\n"
     sp = result.spans
     # the op columns depend on the atom alone: formatted once per atom, not once per record
     ops = [f"{_ATOM_KINDS[k]},{m},{s},{c},{d}" for k, m, s, c, d in
            zip(sp.kind.tolist(), sp.mb.tolist(), sp.stage.tolist(), sp.chunk.tolist(), sp.direction.tolist())]
     ops.append("static,,,,")                 # atom -1
+    # layer names by (stage, index) in one flat list; code -1 (no layer) is the empty last entry
+    costs = result.workload.costs
+    width = max((len(c.layers) for c in costs), default=0)
+    layer_names = [c.layers[j].name if j < len(c.layers) else "" for c in costs for j in range(width)] + [""]
+    atom_stage = np.append(sp.stage, 0).astype(np.int64)
     names = CATEGORIES
     for r in range(result.ranks):
         times, tot = result.total(r)
         rec = result.records(r)
         ms = times * 1e3
         cats, deltas, atoms = result.ledger.cat[rec], result.ledger.delta[rec], result.ledger.atom[rec]
+        layer = result.ledger.layer[rec]
+        code = np.where(layer >= 0, atom_stage[atoms] * width + layer, len(layer_names) - 1)
         for lo in range(0, len(ms), _ROWS_PER_CHUNK):
             hi = lo + _ROWS_PER_CHUNK
-            yield "".join([f"{t:.6f},{r},{names[c]},{d},{s},{ops[a]}\n" for t, c, d, s, a in
+            yield "".join([f"{t:.6f},{r},{names[c]},{d},{s},{ops[a]},{layer_names[j]}\n" for t, c, d, s, a, j in
                            zip(ms[lo:hi].tolist(), cats[lo:hi].tolist(), deltas[lo:hi].tolist(),
-                               tot[lo:hi].tolist(), atoms[lo:hi].tolist())])
+                               tot[lo:hi].tolist(), atoms[lo:hi].tolist(), code[lo:hi].tolist())])
 
 
 class OutputError(ValueError):

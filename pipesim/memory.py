@@ -61,6 +61,7 @@ class Template:
     frac: np.ndarray      # float64, fraction of the op's duration, nondecreasing
     cat: np.ndarray       # int8 category index
     delta: np.ndarray     # int64 bytes (+ allocate, - release)
+    layer: np.ndarray     # int32: index into the stage's layers (-1: an FB partner's transient)
 
 
 def round_up(nbytes: int, granularity: int) -> int:
@@ -90,49 +91,51 @@ def build_templates(stage, recompute_flops, granularity: int) -> dict[int, Templ
     """
     r = lambda n: round_up(int(n), granularity)  # noqa: E731
     layers = stage.layers
-    rows: dict[int, list[tuple[float, str, int]]] = {k: [] for k in (KIND_F, KIND_B, KIND_BI, KIND_W)}
+    rows: dict[int, list[tuple[float, str, int, int]]] = {k: [] for k in (KIND_F, KIND_B, KIND_BI, KIND_W)}
 
-    def running(rows_, t0, t1, cat, nbytes):
+    def running(rows_, t0, t1, cat, nbytes, j):
         if nbytes:
-            rows_.append((t0, cat, r(nbytes)))
-            rows_.append((t1, cat, -r(nbytes)))
+            rows_.append((t0, cat, r(nbytes), j))
+            rows_.append((t1, cat, -r(nbytes), j))
 
     gather = stage.gather_bytes
     # Forward: layers in order.
-    for L, (t0, t1) in zip(layers, _shares([L.flops_f for L in layers])):
+    for j, (L, (t0, t1)) in enumerate(zip(layers, _shares([L.flops_f for L in layers]))):
         fw = rows[KIND_F]
         if L.stored_bytes:
-            fw.append((t0, "activations", r(L.stored_bytes)))
+            fw.append((t0, "activations", r(L.stored_bytes), j))
         if L.logits_bytes:
-            fw.append((t0, "logits", r(L.logits_bytes)))
-        running(fw, t0, t1, "workspace", L.forward_transient_bytes)
-        running(fw, t0, t1, "a2a", L.a2a_bytes)
-        running(fw, t0, t1, "gather", gather)
+            fw.append((t0, "logits", r(L.logits_bytes), j))
+        running(fw, t0, t1, "workspace", L.forward_transient_bytes, j)
+        running(fw, t0, t1, "a2a", L.a2a_bytes, j)
+        running(fw, t0, t1, "gather", gather, j)
     # Backward: layers in reverse; full B also does the weight-gradient work.
     for kind, with_w in ((KIND_B, True), (KIND_BI, False)):
         rev = layers[::-1]
         rc = recompute_flops[::-1]
         work = [L.flops_b + (L.flops_w if with_w else 0) + f for L, f in zip(rev, rc)]
-        for L, (t0, t1) in zip(rev, _shares(work)):
+        for k, (L, (t0, t1)) in enumerate(zip(rev, _shares(work))):
+            j = len(layers) - 1 - k
             bw = rows[kind]
-            running(bw, t0, t1, "recompute", L.recompute_bytes)
-            running(bw, t0, t1, "workspace", L.backward_transient_bytes)
-            running(bw, t0, t1, "a2a", L.a2a_bytes)
-            running(bw, t0, t1, "gather", gather)
+            running(bw, t0, t1, "recompute", L.recompute_bytes, j)
+            running(bw, t0, t1, "workspace", L.backward_transient_bytes, j)
+            running(bw, t0, t1, "a2a", L.a2a_bytes, j)
+            running(bw, t0, t1, "gather", gather, j)
             freed = r(L.stored_bytes) - (0 if with_w else r(L.w_bytes))
             if freed:
-                bw.append((t1, "activations", -freed))
+                bw.append((t1, "activations", -freed, j))
             if not with_w and L.w_grad_outputs_bytes:     # dY of every matmul, until W
-                bw.append((t1, "activations", r(L.w_grad_outputs_bytes)))
+                bw.append((t1, "activations", r(L.w_grad_outputs_bytes), j))
             if L.logits_bytes:
-                bw.append((t1, "logits", -r(L.logits_bytes)))
+                bw.append((t1, "logits", -r(L.logits_bytes), j))
     # W: layers in reverse, releasing what only the weight gradient needed.
     rev = layers[::-1]
-    for L, (t0, t1) in zip(rev, _shares([L.flops_w for L in rev])):
-        running(rows[KIND_W], t0, t1, "recompute", L.w_recompute_bytes)
+    for k, (L, (t0, t1)) in enumerate(zip(rev, _shares([L.flops_w for L in rev]))):
+        j = len(layers) - 1 - k
+        running(rows[KIND_W], t0, t1, "recompute", L.w_recompute_bytes, j)
         released = r(L.w_bytes) + (r(L.w_grad_outputs_bytes) if L.w_grad_outputs_bytes else 0)
         if released:
-            rows[KIND_W].append((t1, "activations", -released))
+            rows[KIND_W].append((t1, "activations", -released, j))
 
     out = {}
     for kind, rs in rows.items():
@@ -141,7 +144,8 @@ def build_templates(stage, recompute_flops, granularity: int) -> dict[int, Templ
         rs = sorted(rs, key=lambda x: x[0])
         out[kind] = Template(np.array([x[0] for x in rs], dtype=np.float64),
                              np.array([CAT[x[1]] for x in rs], dtype=np.int8),
-                             np.array([x[2] for x in rs], dtype=np.int64))
+                             np.array([x[2] for x in rs], dtype=np.int64),
+                             np.array([x[3] for x in rs], dtype=np.int32))
     return out
 
 
@@ -162,7 +166,8 @@ def overlapped(tpl: Template, partner: Template) -> Template:
     ws = CAT["workspace"]
     return Template(np.concatenate([[0.0], tpl.frac, [1.0]]),
                     np.concatenate([[ws], tpl.cat, [ws]]).astype(np.int8),
-                    np.concatenate([[extra], tpl.delta, [-extra]]).astype(np.int64))
+                    np.concatenate([[extra], tpl.delta, [-extra]]).astype(np.int64),
+                    np.concatenate([[-1], tpl.layer, [-1]]).astype(np.int32))
 
 
 def atom_templates(spans, templates: dict) -> tuple[np.ndarray, list[Template]]:
@@ -189,7 +194,7 @@ def atom_templates(spans, templates: dict) -> tuple[np.ndarray, list[Template]]:
         if other:
             u = other - 1
             t = overlapped(t, templates[(u // 4, u % 4)])
-        ident = (t.frac.tobytes(), t.cat.tobytes(), t.delta.tobytes())   # equal by value
+        ident = (t.frac.tobytes(), t.cat.tobytes(), t.delta.tobytes(), t.layer.tobytes())   # equal by value
         lut[i] = by_id.setdefault(ident, len(distinct))
         if lut[i] == len(distinct):
             distinct.append(t)
@@ -205,6 +210,8 @@ class Ledger:
     cat: np.ndarray       # int8
     delta: np.ndarray     # int64 bytes
     atom: np.ndarray      # int64: index into the span table of the atom that made it (-1 static)
+    layer: np.ndarray     # int32: index into the atom's stage's layers (-1: static, p2p, an FB
+                          # partner's transient)
 
     def __len__(self) -> int:
         return len(self.time)
@@ -327,6 +334,7 @@ def build_ledger(spans, templates, static_bytes, p2p: P2PBuffers) -> Ledger:
     cat = np.zeros(total, dtype=np.int8)
     delta = np.zeros(total, dtype=np.int64)
     atom = np.full(total, -1, dtype=np.int64)
+    layer = np.full(total, -1, dtype=np.int32)
     for r, by_cat in enumerate(static_bytes):
         at = block_start[r]
         for name, nbytes in by_cat.items():
@@ -343,6 +351,7 @@ def build_ledger(spans, templates, static_bytes, p2p: P2PBuffers) -> Ledger:
         cat[where] = np.tile(tpl.cat, len(idx))
         delta[where] = np.tile(tpl.delta, len(idx))
         atom[where] = np.repeat(idx, m)
+        layer[where] = np.tile(tpl.layer, len(idx))
     p_time, p_rank, p_delta, p_slot, p_atom = p2p.records()
     if len(p_time):
         # slot a + r (before atom a of rank r) sits at atom a's first record; the slot after a
@@ -356,4 +365,5 @@ def build_ledger(spans, templates, static_bytes, p2p: P2PBuffers) -> Ledger:
         cat = np.insert(cat, pos, CAT["p2p"])
         delta = np.insert(delta, pos, p_delta)
         atom = np.insert(atom, pos, p_atom)
-    return Ledger(time, rank, cat, delta, atom)
+        layer = np.insert(layer, pos, -1)
+    return Ledger(time, rank, cat, delta, atom, layer)

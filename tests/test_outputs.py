@@ -117,3 +117,28 @@ def test_schedule_png_artists_do_not_grow_with_ops(microbatches, tmp_path, monke
     binned = any(ax.images for ax in figs[0].axes)
     assert binned == (2 * microbatches > plots.BOX_LIMIT)
     plots._pyplot().close(figs[0])
+
+
+def test_each_record_names_its_layer():
+    """Per (rank, micro-batch, stage, layer), the activations its F stores are the model's
+    ``stored_bytes`` of that layer (rounded to the allocator's granularity), and its B and W
+    release them all; ZB-H1 so a split B and W both release part of each layer."""
+    res = pipesim.simulate(pipesim.load_scenario(TINY, {"schedule.name": "zb-h1"}))
+    g = res.scenario.overheads.allocator_rounding
+    rows = rows_of("".join(timeline_csv(res)))
+    stored = defaultdict(int)
+    net = defaultdict(int)
+    for row in rows:
+        if row["category"] != "activations":
+            assert row["category"] in ("p2p", "weights", "grads", "optimizer", "comm_buffers") or row["layer"]
+            continue
+        key = (int(row["rank"]), int(row["microbatch"]), int(row["stage"]), row["layer"])
+        net[key] += int(row["delta_bytes"])
+        if row["op"] == "F":
+            stored[key] += int(row["delta_bytes"])
+    assert set(net.values()) == {0}
+    for (_, _, s, name), nbytes in stored.items():
+        layer = next(L for L in res.workload.costs[s].layers if L.name == name)
+        assert nbytes == -(-layer.stored_bytes // g) * g
+    names = {L.name for c in res.workload.costs for L in c.layers if L.stored_bytes}
+    assert {k[3] for k in stored} == names
