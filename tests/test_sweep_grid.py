@@ -48,7 +48,7 @@ def test_every_row_equals_a_separate_simulation():
     assert {r["verdict"] == "OOM" for r in rows if r["hardware.memory_gib"] == 0.04} == {True}
 
 
-def test_rows_equal_for_one_worker_two_processes_and_dask():
+def test_rows_equal_for_one_worker_two_processes_and_dask(tmp_path):
     pts = grid.points(AXES) * 3          # several chunks, so the order of completion can differ
     one = grid.run(TINY, pts, workers=1)
     two = grid.run(TINY, pts, workers=2)
@@ -58,7 +58,12 @@ def test_rows_equal_for_one_worker_two_processes_and_dask():
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   dashboard_address=":0") as lc, distributed.Client(lc) as client:
         on_dask = grid.run(TINY, pts, dask=client)
+        # and from the command line, given the scheduler's address
+        rc = cli.main(["sweep", TINY, *(f"-k{k}={','.join(map(str, v))}" for k, v in AXES.items()),
+                       "--dask", lc.scheduler_address, "--quiet", "-o", str(tmp_path / "d")])
     assert json.dumps(one) == json.dumps(on_dask)
+    assert rc == 0
+    assert [json.loads(x) for x in (tmp_path / "d" / "sweep.jsonl").read_text().splitlines()] == one[:12]
 
 
 def test_invalid_point_is_a_row_with_its_reason_not_fatal():
