@@ -110,7 +110,7 @@ def _plots(text: str) -> tuple[str, ...]:
 def _run(args) -> int:
     """Exit status by the convention of diff and grep: 0 fits (OK or TIGHT), 1 any rank OOM."""
     from pipesim.api import simulate
-    from pipesim.export import summary_json, text_writer, timeline_csv, trace_json
+    from pipesim.export import compressed, summary_json, text_writer, timeline_csv, trace_json
     from pipesim.plots import memory_png, peaks_png, schedule_png
     from pipesim.report import peak_table
 
@@ -135,11 +135,12 @@ def _run(args) -> int:
         print(advice, file=sys.stderr if (args.json or args.quiet) else sys.stdout)
     drawers = {"memory": ("memory.png", memory_png), "peaks": ("peaks.png", peaks_png),
                "schedule": ("schedule.png", schedule_png)}
-    writers = {"summary.json": text_writer(summary_json(res)), "timeline.csv": text_writer(timeline_csv(res))}
+    writers = {"summary.json": text_writer(summary_json(res)),
+               compressed("timeline.csv", args.gzip): text_writer(timeline_csv(res))}
     for name in plots:
         file, draw = drawers[name]
         writers[file] = (lambda d: lambda p: d(res, p))(draw)
-    writers["trace.json"] = text_writer(trace_json(res))
+    writers[compressed("trace.json", args.gzip)] = text_writer(trace_json(res))
     # with --json or --quiet, stdout carries the summary alone (or nothing): "wrote" goes to stderr
     with contextlib.redirect_stdout(sys.stderr if (args.json or args.quiet) else sys.stdout):
         _write(args, sc.name, writers)
@@ -446,6 +447,9 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true", help="print nothing to stdout (the exit status is the verdict)")
     r.add_argument("--plots", default="all", metavar="WHICH",
                    help="pictures to draw: all (default), none, or a comma list of memory, peaks, schedule")
+    r.add_argument("--gzip", action="store_true",
+                   help="write timeline.csv.gz and trace.json.gz instead of the plain files (at V3 1F1B "
+                        "pp16 x 1024, timeline.csv is 48 MiB plain and under 8 MiB compressed)")
     r.add_argument("--suggest", action="store_true",
                    help="list simulated one- and two-knob changes that gain headroom (printed anyway "
                         "when the verdict is OOM or TIGHT)")

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 import pipesim
+import pipesim.export
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "scenarios" / "tiny.toml"
@@ -31,11 +32,12 @@ def test_run_writes_outputs_and_summary_is_byte_identical(tmp_path):
     assert (a / "memory.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # timeline.csv's running totals end where the static memory is (every dynamic byte released)
     rows = (a / "timeline.csv").read_text().splitlines()
-    assert rows[0] == "time_ms,rank,category,delta_bytes,rank_total_bytes"
+    assert rows[0].split(",")[:5] == ["time_ms", "rank", "category", "delta_bytes", "rank_total_bytes"]
+    assert rows[0] == pipesim.export.TIMELINE_HEADER
     # each rank's running total ends at its static bytes: weights + grads + optimizer + buffers
     last = {}
     for row in rows[1:]:
-        t, r, c, d, tot = row.split(",")
+        t, r, c, d, tot = row.split(",")[:5]
         last[int(r)] = int(tot)
     for rank in summary["ranks"]:
         assert last[rank["rank"]] == rank["static_bytes"]

@@ -142,3 +142,13 @@ def test_each_record_names_its_layer():
         assert nbytes == -(-layer.stored_bytes // g) * g
     names = {L.name for c in res.workload.costs for L in c.layers if L.stored_bytes}
     assert {k[3] for k in stored} == names
+
+
+def test_run_gzip_writes_the_same_files_compressed_and_drops_the_plain_ones(tmp_path):
+    plain, packed = tmp_path / "plain", tmp_path / "packed"
+    assert cli("run", TINY, "--plots", "none", "-o", plain).returncode == 0
+    assert cli("run", TINY, "--plots", "none", "-o", packed).returncode == 0
+    assert cli("run", TINY, "--plots", "none", "--gzip", "-o", packed).returncode == 0
+    assert sorted(p.name for p in packed.iterdir()) == ["summary.json", "timeline.csv.gz", "trace.json.gz"]
+    for name in ("timeline.csv", "trace.json"):
+        assert gzip.decompress((packed / f"{name}.gz").read_bytes()) == (plain / name).read_bytes()
