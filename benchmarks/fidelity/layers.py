@@ -67,6 +67,8 @@ VARIANTS = (
     ("base", ALL, {}, {}, "bf16"),
     ("eager", LAYERS, {"attention": "eager"}, {}, "bf16"),
     ("dropout", LAYERS, {"attention": "eager", "dropout": 0.1}, {}, "bf16"),
+    # s = 256: the s×s scores and probabilities set the forward peak (the scale and mask in place)
+    ("eager-s256", ("dense",), {"attention": "eager", "seq_len": 256}, {}, "bf16"),
     ("fp32", ALL, {}, {}, "fp32"),
     ("b2", ALL, {"micro_batch_size": 2}, {}, "bf16"),
     ("s256", ALL, {"seq_len": 256}, {}, "bf16"),
@@ -83,6 +85,7 @@ VARIANTS = (
     ("gqa", ("dense",), {}, LLAMA, "bf16"),
     ("gqa-eager", ("dense",), {"attention": "eager"}, LLAMA, "bf16"),
     ("gqa-dropout", ("dense",), {"attention": "eager", "dropout": 0.1}, LLAMA, "bf16"),
+    ("gqa-eager-s256", ("dense",), {"attention": "eager", "seq_len": 256}, LLAMA, "bf16"),
     ("gqa-fp32", ("dense",), {}, LLAMA, "fp32"),
     ("gqa-full-layer", ("dense",), {"recompute": "full"}, LLAMA, "bf16"),
     ("gqa-full-sublayer", ("dense",), {"recompute": "full", "recompute_granularity": "sublayer"}, LLAMA, "bf16"),

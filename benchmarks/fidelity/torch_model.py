@@ -493,6 +493,15 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([-x2, x1], -1)
 
 
+def _scores(q: torch.Tensor, k: torch.Tensor, scale: float, causal: torch.Tensor) -> torch.Tensor:
+    """Eager attention's causally masked, scaled scores q·kᵀ·scale as one s×s tensor, as
+    Megatron-Core's DotProductAttention makes them (``baddbmm`` with alpha = scale, then
+    FusedScaleMaskSoftmax, one kernel): the scale and the mask are applied in place (the
+    matmul saves q and k, not its output), so F holds the scores and the probabilities, two
+    s×s tensors, at the softmax; out of place it would hold three."""
+    return torch.matmul(q, k.transpose(-2, -1)).mul_(scale).masked_fill_(causal, float("-inf"))
+
+
 class Rope(torch.autograd.Function):
     """Rotary embedding of x [b, s, heads, d] as one fused kernel, as Megatron-Core runs it by
     default (``apply_rope_fusion``; Megatron-LM's ``--no-rope-fusion`` turns it off): y =
@@ -529,7 +538,7 @@ class MLA(_Part):
     x·cos + rotate_half(x)·sin (cos, sin are buffers) on the rope parts; q = [q_nope | rope(q_pe)],
     k = [k_nope | rope(k_pe) expanded over heads]; q, k, v made contiguous [b, n_h, s, d]
     (``.transpose(1, 2).contiguous()``), as Megatron hands them to the kernel. Eager attention:
-    (q·kᵀ)·scale, masked_fill with a causal bool buffer, softmax in the activation dtype,
+    (q·kᵀ)·scale and masked_fill with a causal bool buffer in place (``_scores``), softmax in the activation dtype,
     dropout, ·v. The context goes through ``.transpose(1, 2).reshape(b·s, n_h·d_h)`` (a copy
     unless the kernel's output is laid out [b, s, n_h, d_h]) into W_O; hidden dropout; residual.
     """
@@ -601,8 +610,7 @@ class MLA(_Part):
             if self.impl == "sdpa":
                 return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
             return FlashAttention.apply(q, k, v, self.scale)
-        scores = torch.matmul(q, k.transpose(-2, -1)) * self.scale
-        probs = torch.softmax(scores.masked_fill(self.causal, float("-inf")), -1)
+        probs = torch.softmax(_scores(q, k, self.scale, self.causal), -1)
         return torch.matmul(_dropout(probs, self.o.dropout), v)
 
     def attention(self, x):
@@ -699,8 +707,7 @@ class GQA(_Part):
                                                       enable_gqa=self.g != self.nh)
             return FlashAttention.apply(q, k, v, self.scale)
         k, v = _expand_kv(k, self.nh), _expand_kv(v, self.nh)
-        scores = torch.matmul(q, k.transpose(-2, -1)) * self.scale
-        probs = torch.softmax(scores.masked_fill(self.causal, float("-inf")), -1)
+        probs = torch.softmax(_scores(q, k, self.scale, self.causal), -1)
         return torch.matmul(_dropout(probs, self.o.dropout), v)
 
     def attention(self, x):
