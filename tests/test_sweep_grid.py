@@ -6,6 +6,7 @@ one SimPy run.
 
     python -m pytest tests/test_sweep_grid.py"""
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -242,3 +243,15 @@ def test_cli_rows_equal_the_library_and_csv_matches_jsonl(tmp_path, capsys):
     for r, c in zip(rows, table):
         assert int(c["max_peak_bytes"]) == r["max_peak_bytes"] and float(c["step_ms"]) == r["step_ms"]
         assert [int(c[f"peak_bytes_rank{i}"]) for i in range(len(r["peaks_bytes"]))] == r["peaks_bytes"]
+
+
+def test_progress_bar_on_a_terminal_only(tmp_path, monkeypatch, capsys):
+    # the bar counts points: 2 x 3 = 6 of 6 at the end; off when stderr is not a terminal
+    args = ["sweep", TINY, "-k", "training.microbatches=4,8", "-k", "schedule.name=gpipe,1f1b,zb-h1", "--workers", "1"]
+    assert cli.main([*args, "-o", str(tmp_path / "a")]) == 0
+    assert "6/6" not in capsys.readouterr().err
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert cli.main([*args, "-o", str(tmp_path / "b")]) == 0
+    assert "6/6" in capsys.readouterr().err
+    assert cli.main([*args, "--quiet", "-o", str(tmp_path / "c")]) == 0
+    assert "6/6" not in capsys.readouterr().err
