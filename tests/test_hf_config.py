@@ -70,6 +70,10 @@ def test_hf_config_gives_the_presets_parameters(tmp_path, name):
     ({**CONFIGS["qwen2-57b-a14b"], "mlp_only_layers": [3]}, "mlp_only_layers: dense layers"),
     ({**CONFIGS["deepseek-v3"], "v_head_dim": 64}, "v_head_dim: pipesim models MLA"),
     ([1, 2], "expected a JSON object"),
+    ({**CONFIGS["llama-3-8b"], "attention_bias": True}, "attention_bias: true puts biases on the q, k, v and o"),
+    ({**CONFIGS["llama-3-8b"], "mlp_bias": True}, "mlp_bias: true puts biases on the FFN"),
+    ({**CONFIGS["qwen3-30b-a3b"], "attention_bias": True}, "attention_bias: true"),
+    ({**CONFIGS["llama-3-8b"], "attention_bias": "no"}, "attention_bias: expected bool"),
 ])
 def test_bad_configs_name_the_field(tmp_path, cfg, phrase):
     with pytest.raises(ModelError) as e:
@@ -126,7 +130,8 @@ DENSE_GQA = {
                   "vocab_size": 152064, "tie_word_embeddings": False}, 7.62e9),
     "qwen3-8b": ({"architectures": ["Qwen3ForCausalLM"], "hidden_size": 4096, "num_attention_heads": 32,
                   "num_key_value_heads": 8, "head_dim": 128, "num_hidden_layers": 36,
-                  "intermediate_size": 12288, "vocab_size": 151936, "tie_word_embeddings": False}, 8.19e9),
+                  "intermediate_size": 12288, "vocab_size": 151936, "tie_word_embeddings": False,
+                  "attention_bias": False}, 8.19e9),
 }
 
 

@@ -27,6 +27,9 @@ below. Supported (``SUPPORTED``):
         RMSNorm, no shared expert
     LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM   dense, "gqa"
         intermediate_size → dense_ffn_hidden; Qwen2 adds q/k/v biases, Qwen3 q/k norms
+    Refused: attention_bias = true (Llama, Qwen3, Qwen3-MoE: Hugging Face then biases q, k, v
+    and o_proj, and pipesim's qkv_bias covers Qwen2's q, k, v only) and mlp_bias = true (Llama:
+    biased FFN projections); both default to false.
 Keys of the scenario's ``[model]`` table override what the file gives.
 """
 from __future__ import annotations
@@ -40,6 +43,10 @@ DEEPSEEK = ("DeepseekV2ForCausalLM", "DeepseekV3ForCausalLM")
 MOE_GQA = ("MixtralForCausalLM", "Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM")
 DENSE = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
 SUPPORTED = DEEPSEEK + MOE_GQA + DENSE
+# config flags that add biases pipesim does not model (Hugging Face's modeling code of each)
+_ATTENTION_BIAS = ("attention_bias", "the q, k, v and o projections")
+_BIASES = {"LlamaForCausalLM": (_ATTENTION_BIAS, ("mlp_bias", "the FFN's gate, up and down projections")),
+           "Qwen3ForCausalLM": (_ATTENTION_BIAS,), "Qwen3MoeForCausalLM": (_ATTENTION_BIAS,)}
 _MISSING = object()
 
 
@@ -100,6 +107,10 @@ def _fields(raw: dict, arch: str, path: Path) -> dict:
                    mtp_modules=g("num_nextn_predict_layers", 0),
                    router=g("scoring_func", "softmax", str))
         return out
+    for key, what in _BIASES.get(arch, ()):
+        if g(key, False, bool):
+            raise ModelError(f"{path}: {key}: true puts biases on {what}, which pipesim does not "
+                             f"model (qkv_bias is Qwen2's q, k, v biases); supported: false")
     out.update(attention="gqa", kv_heads=g("num_key_value_heads", heads),
                head_dim=g("head_dim", hidden // heads), rope_head_dim=0, q_compress=0, kv_compress=0,
                qkv_bias=arch.startswith("Qwen2"), qk_norm=arch.startswith("Qwen3"))
