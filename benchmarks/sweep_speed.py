@@ -9,8 +9,8 @@ Two grids of about N points (default 10,000):
   micro-batch size x ZeRO level x allocator fragmentation x device size. ZeRO, fragmentation and
   device size change memory only, so the points share the SimPy runs of 7 x 3 x 2 = 42 steps
   (``pipesim.grid._spans``) and pay only for their scenario, workload and peaks;
-- ``distinct``: recompute x ZeRO x efficiency x p2p bandwidth x device size, where all but the
-  device size change the op times: nearly every point is its own SimPy run (the worst case).
+- ``distinct``: recompute x efficiency x p2p latency x p2p bandwidth, each changing the op
+  times: every point is its own SimPy run (the worst case, nothing to reuse).
 
 The fits grid has at least 1,008 points (one device size). ``--no-reuse`` also times one worker
 with the run cache off, to show what it saves. Prints wall seconds, ms per point, the load
@@ -45,12 +45,10 @@ def axes(kind: str, n: int) -> dict:
                 "overheads.fragmentation": [0.0, 0.05, 0.1, 0.15, 0.2, 0.3]}
         per = grid.size(head)
         return {**head, "hardware.memory_gib": DEVICES[:max(1, min(len(DEVICES), math.ceil(n / per)))]}
-    zero = ["none", "os", "os+g", "os+g+params"]
-    recompute = ["full", "selective"]
-    eff = [round(0.2 + 0.01 * i, 3) for i in range(25)]
-    bw = [25 + 5 * i for i in range(max(1, math.ceil(n / (len(zero) * len(recompute) * len(eff) * 4))))]
-    return {"training.zero": zero, "training.recompute": recompute, "hardware.efficiency": eff,
-            "hardware.p2p_bandwidth_gbps": bw, "hardware.memory_gib": [80, 96, 141, 192]}
+    head = {"training.recompute": ["full", "selective"],
+            "hardware.efficiency": [round(0.2 + 0.01 * i, 3) for i in range(25)],
+            "hardware.p2p_latency_us": [5 * (i + 1) for i in range(8)]}
+    return {**head, "hardware.p2p_bandwidth_gbps": [25 + 5 * i for i in range(max(1, math.ceil(n / grid.size(head))))]}
 
 
 def timed(label, pts, **kw) -> float:
