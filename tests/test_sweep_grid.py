@@ -6,6 +6,7 @@ one SimPy run.
 
     python -m pytest tests/test_sweep_grid.py"""
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -255,3 +256,35 @@ def test_progress_bar_on_a_terminal_only(tmp_path, monkeypatch, capsys):
     assert "6/6" in capsys.readouterr().err
     assert cli.main([*args, "--quiet", "-o", str(tmp_path / "c")]) == 0
     assert "6/6" not in capsys.readouterr().err
+
+
+def _children(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return []
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads a process's children from /proc")
+def test_ctrl_c_on_a_pool_is_one_line_status_130_and_writes_nothing(tmp_path):
+    # Ctrl-C reaches the whole process group, workers included: the sweep stops (the chunks not
+    # started are cancelled), says so once, exits 130 and leaves no output or temporary folder
+    import signal
+    import subprocess
+    import time
+
+    out = tmp_path / "g"
+    eff = ",".join(f"{0.2 + 0.001 * i:.3f}" for i in range(500))
+    proc = subprocess.Popen([sys.executable, "-m", "pipesim", "sweep", TINY, "-k", f"hardware.efficiency={eff}",
+                             "-k", "training.microbatches=4,8,16,32", "--workers", "2", "-o", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            start_new_session=True)
+    deadline = time.monotonic() + 60
+    while len(_children(proc.pid)) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the grid ended before it could be interrupted"
+    time.sleep(0.5)                              # the workers are simulating
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err == "interrupted\n", err
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".pipesim-")]
