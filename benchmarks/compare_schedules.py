@@ -29,6 +29,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from pipesim.compare import compare  # noqa: E402
 from pipesim.memory import GIB  # noqa: E402
+from pipesim.plots import save  # noqa: E402
 from pipesim.report import mean_bubble  # noqa: E402
 from pipesim.scenario import load_scenario  # noqa: E402
 from pipesim.simulator import exposed_comm  # noqa: E402
@@ -118,12 +119,23 @@ def plot(results: list[tuple[str, list[dict], float]], path: Path) -> None:
         ax.set_ylabel("worst rank's peak (GiB, log scale)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
+    replace_atomically(path, lambda tmp: save(fig, tmp))
+
+
+def replace_atomically(path: Path, write) -> None:
+    """``write(tmp)`` into a temporary file beside ``path``, then rename it over ``path``, with
+    the permissions a plain open() would give (mkstemp's 0600 would outlive the rename)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
     os.close(fd)
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
 
 
 def main() -> None:
@@ -144,10 +156,7 @@ def main() -> None:
     lines[4:4] = ["## What the numbers show", ""] + [n + "\n" for n in notes] + \
                  ["![peak against step time](compare_schedules.png)", ""]
     md = args.out / "compare_schedules.md"
-    fd, tmp = tempfile.mkstemp(suffix=".md", dir=args.out)
-    with os.fdopen(fd, "w") as f:
-        f.write("\n".join(lines))
-    os.replace(tmp, md)
+    replace_atomically(md, lambda tmp: Path(tmp).write_text("\n".join(lines)))
     plot(results, args.out / "compare_schedules.png")
     print("\n\n".join(notes))
     print(f"wrote {md} and {args.out / 'compare_schedules.png'}")
