@@ -30,6 +30,7 @@ import simpy
 
 import pipesim
 from pipesim.model import costs
+from pipesim.simulator import overlap
 import schedules
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,6 +80,7 @@ def timed(sc, repeat):
     for _ in range(repeat):
         schedules._build.cache_clear()   # time the schedule's and the model's work too
         costs._kind_costs.cache_clear()
+        overlap.cache_clear()            # and the FB phase runs
         t0 = time.perf_counter()
         res = pipesim.simulate(sc)
         _ = res.peaks
@@ -87,27 +89,13 @@ def timed(sc, repeat):
 
 
 def timed_gc_off(sc, repeat):
-    """``pipesim.simulate`` with the cyclic collector paused (the dropped shortcut)."""
+    """``timed`` with the cyclic collector paused (the dropped shortcut)."""
     import gc
-    from pipesim.memory import p2p_buffers
-    from pipesim.results import Result
-    from pipesim.simulator import run
-    from pipesim.workload import build_workload
-    best = float("inf")
-    for _ in range(repeat):
-        schedules._build.cache_clear()
-        costs._kind_costs.cache_clear()
-        gc.disable()
-        try:
-            t0 = time.perf_counter()
-            wl = build_workload(sc)
-            spans = run(wl.schedule, wl.timing)
-            res = Result(sc, wl, spans, p2p_buffers(spans, wl.boundary_bytes))
-            _ = res.peaks
-            best = min(best, time.perf_counter() - t0)
-        finally:
-            gc.enable()
-    return best
+    gc.disable()
+    try:
+        return timed(sc, repeat)[0]
+    finally:
+        gc.enable()
 
 
 TARGETS = {"V3-dims 64 layers 1F1B pp64 x 1024": 1.5, "V3 DualPipe pp16 x 256": 0.3}
