@@ -12,11 +12,19 @@ from pipesim.model.activations import layer_activations
 from pipesim.model.config import ModelConfig, ParallelConfig, TrainingConfig
 from pipesim.model.params import layer_params
 
+
+
+def dense_gqa(name, hidden, heads, head_dim, kv_heads, ffn, layers, vocab, **extra):
+    """A dense grouped-query model: every layer a SwiGLU FFN of width ``ffn``, no MLA
+    compression, no experts."""
+    return ModelConfig(name=name, hidden=hidden, heads=heads, head_dim=head_dim, rope_head_dim=0,
+                       q_compress=0, kv_compress=0, dense_ffn_hidden=ffn, moe_ffn_hidden=0,
+                       routed_experts=0, shared_experts=0, experts_per_token=0, layers=layers,
+                       dense_layers=layers, vocab=vocab, attention="gqa", kv_heads=kv_heads, **extra)
+
+
 # a small Llama-shaped dense model: h 512, 8 query heads in 2 kv groups of d 64, f 1024
-SMALL = ModelConfig(name="small-gqa", hidden=512, heads=8, head_dim=64, rope_head_dim=0, q_compress=0,
-                    kv_compress=0, dense_ffn_hidden=1024, moe_ffn_hidden=0, routed_experts=0,
-                    shared_experts=0, experts_per_token=0, layers=2, dense_layers=2, vocab=1000,
-                    attention="gqa", kv_heads=2)
+SMALL = dense_gqa("small-gqa", hidden=512, heads=8, head_dim=64, kv_heads=2, ffn=1024, layers=2, vocab=1000)
 B, S = 2, 256
 T = B * S
 H, NH, G, D, F = 512, 8, 2, 64, 1024
@@ -29,10 +37,8 @@ def _acts(m, **training):
 
 def test_qwen3_8b_layer_parameters_by_hand():
     # Qwen3-8B (config.json): h 4096, 32 heads, 8 kv heads, head_dim 128, f 12288
-    m = ModelConfig(name="qwen3-8b", hidden=4096, heads=32, head_dim=128, rope_head_dim=0, q_compress=0,
-                    kv_compress=0, dense_ffn_hidden=12288, moe_ffn_hidden=0, routed_experts=0,
-                    shared_experts=0, experts_per_token=0, layers=36, dense_layers=36, vocab=151936,
-                    attention="gqa", kv_heads=8, qk_norm=True)
+    m = dense_gqa("qwen3-8b", hidden=4096, heads=32, head_dim=128, kv_heads=8, ffn=12288, layers=36,
+                  vocab=151936, qk_norm=True)
     L = layer_params(m, 0)
     assert L["attention"] == 4096 * 32 * 128 * 2 + 2 * 4096 * 8 * 128     # W_Q, W_O; W_K, W_V
     assert L["qk_norms"] == 2 * 128                                        # one weight per head dim, shared by heads
@@ -41,10 +47,8 @@ def test_qwen3_8b_layer_parameters_by_hand():
 
 
 def test_qwen2_7b_biases_by_hand():
-    m = ModelConfig(name="qwen2-7b", hidden=3584, heads=28, head_dim=128, rope_head_dim=0, q_compress=0,
-                    kv_compress=0, dense_ffn_hidden=18944, moe_ffn_hidden=0, routed_experts=0,
-                    shared_experts=0, experts_per_token=0, layers=28, dense_layers=28, vocab=152064,
-                    attention="gqa", kv_heads=4, qkv_bias=True)
+    m = dense_gqa("qwen2-7b", hidden=3584, heads=28, head_dim=128, kv_heads=4, ffn=18944, layers=28,
+                  vocab=152064, qkv_bias=True)
     L = layer_params(m, 0)
     assert L["attention_bias"] == 3584 + 2 * 4 * 128                       # q: n_h·d = h; k, v: g·d
     assert L["attention"] == 2 * 3584 * 3584 + 2 * 3584 * 512
