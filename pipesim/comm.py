@@ -61,8 +61,11 @@ def a2a_phase_seconds(tokens: int, topk: int, hidden: int, value_bytes: int, ep:
 
 
 def moe_layer_a2a_phases(sc) -> tuple[float, float, float, float]:
-    """One MoE layer's all-to-alls on one device, seconds: (dispatch F, combine F, combine's
-    gradient in B, dispatch's gradient in B); zeros without routed experts or with ep = 1."""
+    """One MoE layer's all-to-alls on one device, seconds: (dispatch F, combine F, the first and
+    the second all-to-all of B); zeros without routed experts or with ep = 1. B's first is the
+    combine's gradient and its second the dispatch's; under full recomputation they also carry
+    the recomputed forward's dispatch and combine (each runs just before the gradient phase of
+    the same sublayer)."""
     m, p, t, hw = sc.model, sc.parallel, sc.training, sc.hardware
     if not m.routed_experts or p.ep <= 1:
         return 0.0, 0.0, 0.0, 0.0
@@ -75,14 +78,17 @@ def moe_layer_a2a_phases(sc) -> tuple[float, float, float, float]:
         return a2a_phase_seconds(tokens, m.experts_per_token, m.hidden, value_bytes, p.ep, hw.node_size,
                                  hw.nvlink_bandwidth_gbps, hw.p2p_bandwidth_gbps)
 
-    return phase(1 if t.fp8_activations else v), phase(v), phase(v), phase(v)
+    dispatch, combine, gradient = phase(1 if t.fp8_activations else v), phase(v), phase(v)
+    again = t.recompute == "full"
+    return (dispatch, combine, gradient + (dispatch if again else 0.0),
+            gradient + (combine if again else 0.0))
 
 
 def moe_layer_a2a_seconds(sc) -> tuple[float, float]:
     """(forward, backward) all-to-all seconds of one MoE layer on one device; the backward
     repeats the forward's under full recomputation."""
-    d, c, cg, dg = moe_layer_a2a_phases(sc)
-    return d + c, cg + dg + (d + c if sc.training.recompute == "full" else 0.0)
+    d, c, first, second = moe_layer_a2a_phases(sc)
+    return d + c, first + second
 
 
 def tp_sublayer_seconds(sc) -> float:

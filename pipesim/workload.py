@@ -137,16 +137,13 @@ def build_workload(sc, schedule=None) -> Workload:
         tp_b.append(pb)
         moe_layers = [L for L in c.layers if L.name.endswith("(moe)")]
         if moe and cf + cb > 0 and not given_f and not given_b:
-            d, cmb, cg, dg = a2a
-            full = sc.training.recompute == "full"
             phases.append(Phases(
                 layers=moe,
                 attention=(sum(L.flops_f for L in moe_layers) / rate - moe * expert,
                            sum(L.flops_b for L in moe_layers) / rate - moe * expert,
                            sum(L.flops_w for L in moe_layers) / rate - moe * expert),
                 experts=(moe * expert,) * 3,
-                # full recomputation repeats the forward's all-to-alls before the backward's
-                a2a=(d, cmb, cg + (d if full else 0.0), dg + (cmb if full else 0.0))))
+                a2a=a2a))
         else:
             phases.append(None)
         fs = _seconds(tm.forward_ms, s, sum(L.flops_f for L in c.layers) / rate + cf + pf)
