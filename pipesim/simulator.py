@@ -70,8 +70,8 @@ class Spans:
     consumer: np.ndarray   # int64: the cross-rank atom that receives this atom's output (-1: none)
     producer: np.ndarray   # int64: the cross-rank atom whose output this atom receives (-1: none)
     arrival: np.ndarray    # float64: when this atom's output reaches its consumer (nan: none)
-    exposed_comm: np.ndarray | None = None   # float64: seconds of the atom's own communication
-                                             # its compute stream waits on (all-to-all, TP)
+    exposed_comm: np.ndarray  # float64: seconds of the atom's own communication its compute
+                              # stream waits on (all-to-all, TP)
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,8 @@ class Phases:
     layers: int
     attention: tuple[float, float, float]
     experts: tuple[float, float, float]
-    a2a: tuple[float, float, float, float]   # dispatch F, combine F, combine-grad B, dispatch-grad B
+    a2a: tuple[float, float, float, float]   # dispatch F, combine F, B's first and second
+                                             # (``pipesim.comm.moe_layer_a2a_phases``)
 
 
 @dataclass(frozen=True)
@@ -491,8 +492,6 @@ def _label(schedule, flat: _Flat, i: int) -> str:
 def exposed_comm(spans: Spans, ranks: int) -> np.ndarray:
     """Seconds per rank its compute stream waits on its own communication (all-to-all run
     serialised or sticking out of an FB's other half, TP collectives)."""
-    if spans.exposed_comm is None:
-        return np.zeros(ranks)
     return np.bincount(spans.rank, weights=spans.exposed_comm, minlength=ranks)
 
 
